@@ -1,0 +1,114 @@
+"""The `llmgrade` command line: one click command per function.
+
+Errors are one line and a non-zero exit; set LLMGRADE_DEBUG=1 for the traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from grader import stages
+from grader.grade import GradeOptions, grade
+from grader.results import stage_scores, write
+
+console = Console(highlight=False)
+
+DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                      show_default=True, help="Run numeric tests on these devices (auto: CPU, and CUDA when present).")
+
+
+def _stage_option(help_text: str):
+    return click.option("--stage", "stage_names", multiple=True, metavar="STAGE", help=help_text)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llmgrade")
+def cli() -> None:
+    """Grade the stages of the GPT course: hidden tests, run safely, Gradescope results."""
+
+
+@cli.command("grade")
+@click.argument("submission", type=click.Path(exists=True, path_type=Path))
+@_stage_option("Grade only this stage (repeatable). Default: every stage.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.json"),
+              show_default=True, help="Where to write Gradescope's results.json.")
+@DEVICE
+@click.option("--timeout", "call_timeout", type=float, default=10.0, show_default=True,
+              help="Seconds each call into the submission may take.")
+def grade_command(submission: Path, stage_names: tuple[str, ...], out: Path, device: str,
+                  call_timeout: float) -> None:
+    """Grade one SUBMISSION (a folder, a .zip or notebooks) with the hidden tests.
+
+    Writes results.json in Gradescope's schema and prints a summary. Exits 0
+    whenever grading completed, whatever the score.
+
+    Example: llmgrade grade submissions/ada.zip --stage bigram --out ada.json
+    """
+    options = GradeOptions(stage_names=list(stage_names), device=device, call_timeout=call_timeout,
+                           hidden_paths=[str(out.resolve().parent)])
+    results = grade(submission, options)
+    write(results, out)
+    show_results(results)
+    console.print(f"results written to {out}")
+
+
+@cli.command("selfcheck")
+@_stage_option("Check only this stage (repeatable).")
+@DEVICE
+def selfcheck_command(stage_names: tuple[str, ...], device: str) -> None:
+    """Prove the hidden tests: the references score full marks, the skeletons zero.
+
+    Example: llmgrade selfcheck --stage bigram
+    """
+    root = stages.project_root()
+    options = GradeOptions(stage_names=list(stage_names), device=device)
+    reference = stage_scores(grade(root / "solutions", options))
+    skeleton = stage_scores(grade(root / "assignments", options))
+    table = Table("stage", "reference", "skeleton", "verdict", title="selfcheck")
+    failed = False
+    for name, (score, maximum) in reference.items():
+        skel = skeleton.get(name, (0.0, maximum))[0]
+        ok = maximum > 0 and score == maximum and skel == 0
+        failed |= not ok
+        table.add_row(name, f"{score:g} / {maximum:g}", f"{skel:g} / {maximum:g}",
+                      "[green]ok[/]" if ok else "[red]FAILED[/]")
+    console.print(table)
+    if failed:
+        raise click.ClickException("selfcheck failed: a reference lost points or a skeleton scored")
+
+
+def show_results(results: dict) -> None:
+    table = Table("stage", "score", title="llmgrade")
+    for name, (score, maximum) in stage_scores(results).items():
+        table.add_row(name, f"{score:g} / {maximum:g}")
+    console.print(table)
+    if results.get("output") and results["output"] != "Graded.":
+        console.print(results["output"])
+    for test in results["tests"]:
+        if test["status"] == "failed":
+            first = test["output"].splitlines()[0] if test["output"] else ""
+            console.print(f"[red]✗[/] {test['name']}: {first}", soft_wrap=True)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        click.echo(f"Error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 -- one line, never a traceback
+        if os.environ.get("LLMGRADE_DEBUG"):
+            raise
+        click.echo(f"Error: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(2)

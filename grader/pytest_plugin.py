@@ -1,0 +1,251 @@
+"""The pytest plugin that turns hidden (or public) test suites into grades.
+
+A test module is plain pytest; what this plugin adds:
+
+- fixtures: `student` (the submission, served by a worker; see remote.py),
+  `reference` (the stage's reference solution, imported here), `device`
+  ("cpu", and "cuda" when available: every test using it runs on each),
+  `credit` (partial credit: `credit.fraction = 0.5`), `leaderboard`;
+- markers: `@pytest.mark.points(2)` (default 1; split evenly over devices),
+  `@pytest.mark.visibility("after_published")`, `@pytest.mark.stage("bigram")`
+  (default: the test file's folder name);
+- results: one `TestRecord` per test, named "<stage>: <first docstring line>".
+
+Standalone: `pytest autograder_tests/bigram -p grader.pytest_plugin --submission DIR`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from grader import stages
+from grader.checks import CheckFailure
+from grader.remote import LocalSubmission, RemoteSubmission, StudentCodeError, SubmissionProblem
+from grader.submission import Submission
+from grader.worker.client import WorkerOptions, WorkerSession
+
+MAX_FEEDBACK = 4000
+MAX_PRINTED = 2000
+
+
+@dataclass
+class TestRecord:
+    stage: str
+    name: str
+    max_score: float
+    visibility: str = "visible"
+    passed: bool = True
+    fraction: float = 1.0
+    feedback: list[str] = field(default_factory=list)
+    printed: str = ""
+    internal_error: bool = False
+
+    @property
+    def score(self) -> float:
+        return self.max_score * self.fraction if self.passed else 0.0
+
+
+@dataclass
+class Credit:
+    """Set `fraction` (0..1) in a test for partial credit; `message` explains it."""
+
+    fraction: float = 1.0
+    message: str = ""
+
+
+def available_devices(choice: str = "auto") -> list[str]:
+    cuda = torch.cuda.is_available()
+    if choice == "cuda" and not cuda:
+        raise ValueError("--device cuda: CUDA is not available on this machine")
+    return {"cpu": ["cpu"], "cuda": ["cuda"]}.get(choice, ["cpu", "cuda"] if cuda else ["cpu"])
+
+
+def feedback_for(excinfo: pytest.ExceptionInfo) -> tuple[str, bool]:
+    """The student-facing message for a failed test, and whether it is the grader's fault."""
+    exc = excinfo.value
+    if isinstance(exc, (CheckFailure, StudentCodeError, SubmissionProblem)):
+        return str(exc), False
+    if isinstance(exc, pytest.fail.Exception):
+        message = str(exc)
+        if message.startswith("Timeout"):
+            return "this test took longer than its time limit and was stopped", False
+        return message, False
+    if isinstance(exc, AssertionError):
+        return f"check failed: {str(exc).splitlines()[0] if str(exc) else 'assertion'}", False
+    sys.stderr.write("".join(traceback.format_exception(exc)))
+    return f"the grader could not check this result ({type(exc).__name__}: {str(exc)[:300]})", True
+
+
+class GradingSession:
+    """One grading run of one submission: fixtures, hooks, and the records they produce."""
+
+    def __init__(self, submission: Submission | None, *, devices: list[str],
+                 worker_options: WorkerOptions | None = None, call_timeout: float = 10.0,
+                 in_process: bool = False):
+        self.submission = submission
+        self.devices = devices
+        self.worker_options = worker_options or WorkerOptions()
+        self.call_timeout = call_timeout
+        self.in_process = in_process
+        self.records: dict[str, TestRecord] = {}
+        self.leaderboard_entries: list[dict] = []
+        self.collection_errors: list[str] = []
+        self._remotes: dict[str, Any] = {}
+        self._sessions: list[WorkerSession] = []
+
+    # -- which stage, how many points, what name
+
+    @staticmethod
+    def stage_of(item: pytest.Item) -> str:
+        marker = item.get_closest_marker("stage")
+        return marker.args[0] if marker else Path(str(item.fspath)).parent.name
+
+    def _name(self, item: pytest.Item) -> str:
+        doc = (getattr(item, "function", None).__doc__ or item.name).strip().splitlines()[0]
+        params = dict(getattr(getattr(item, "callspec", None), "params", {}))
+        device = params.pop("device", None)
+        if params:
+            try:
+                formatted = doc.format(**params)
+            except (KeyError, IndexError, ValueError):
+                formatted = doc
+            if formatted == doc:
+                ids = item.callspec.id.split("-")
+                formatted = f"{doc} [{'-'.join(i for i in ids if i not in self.devices)}]"
+            doc = formatted
+        if device is not None and len(self.devices) > 1:
+            doc += f" [{device}]"
+        return f"{self.stage_of(item)}: {doc}"
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        if "device" in metafunc.fixturenames:
+            metafunc.parametrize("device", self.devices, ids=self.devices)
+
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        for item in items:
+            marker = item.get_closest_marker("points")
+            points = float(marker.args[0]) if marker else 1.0
+            if "device" in getattr(item, "fixturenames", ()):
+                points /= len(self.devices)
+            visibility = item.get_closest_marker("visibility")
+            self.records[item.nodeid] = TestRecord(
+                self.stage_of(item), self._name(item), points,
+                visibility.args[0] if visibility else "visible")
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed:
+            self.collection_errors.append(f"{report.nodeid}: {str(report.longrepr)[-2000:]}")
+
+    # -- outcomes
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
+        report = yield
+        record = self.records.get(item.nodeid)
+        if record is None:
+            return report
+        if report.failed or report.skipped:
+            record.passed = False
+            if report.skipped:
+                record.feedback.append(f"skipped: {report.longrepr[-1] if isinstance(report.longrepr, tuple) else ''}")
+            elif call.excinfo is not None:
+                message, internal = feedback_for(call.excinfo)
+                record.feedback.append(message[:MAX_FEEDBACK])
+                record.internal_error |= internal
+        if call.when == "call":
+            credit = item.funcargs.get("credit") if hasattr(item, "funcargs") else None
+            if isinstance(credit, Credit):
+                record.fraction = min(1.0, max(0.0, float(credit.fraction)))
+                if credit.message:
+                    record.feedback.append(credit.message)
+            remote = item.funcargs.get("student") if hasattr(item, "funcargs") else None
+            if remote is not None and not record.passed:
+                record.printed = remote.output()[-MAX_PRINTED:]
+        return report
+
+    def pytest_sessionfinish(self) -> None:
+        for session in self._sessions:
+            session.close()
+
+    # -- fixtures
+
+    @pytest.fixture
+    def student(self, request: pytest.FixtureRequest):
+        stage = self.stage_of(request.node)
+        if self.submission is None:
+            raise pytest.UsageError("no submission: pass --submission DIR")
+        if stage not in self._remotes:
+            if self.in_process:
+                self._remotes[stage] = LocalSubmission(self.submission.root)
+            else:
+                session = WorkerSession(self.submission.root, self.worker_options, self.call_timeout)
+                self._sessions.append(session)
+                self._remotes[stage] = RemoteSubmission(session, self.submission.problems)
+        remote = self._remotes[stage]
+        remote.output()  # start this test's printed output afresh
+        marker = request.node.get_closest_marker("call_timeout")
+        if marker:
+            with remote.timeout(marker.args[0]):
+                yield remote
+        else:
+            yield remote
+
+    @pytest.fixture
+    def reference(self, request: pytest.FixtureRequest):
+        return load_reference(self.stage_of(request.node))
+
+    @pytest.fixture
+    def credit(self) -> Credit:
+        return Credit()
+
+    @pytest.fixture
+    def leaderboard(self) -> list[dict]:
+        return self.leaderboard_entries
+
+
+def load_reference(stage: str):
+    """The reference solution module of `stage`, imported in the grading process."""
+    solutions = str(stages.project_root() / "solutions")
+    if solutions not in sys.path:
+        sys.path.insert(0, solutions)
+    return importlib.import_module(stage)
+
+
+# -- standalone use: pytest -p grader.pytest_plugin --submission DIR
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llmgrade")
+    group.addoption("--submission", help="grade this submission folder (standalone use)")
+    group.addoption("--llmgrade-device", default="auto", choices=["auto", "cpu", "cuda"])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, help_text in [("points(n)", "points for this test (default 1)"),
+                            ("visibility(v)", "Gradescope visibility of this test"),
+                            ("stage(name)", "the stage this test belongs to"),
+                            ("call_timeout(seconds)", "time limit of each call into the submission")]:
+        config.addinivalue_line("markers", f"{name}: {help_text}")
+    if any(isinstance(p, GradingSession) for p in config.pluginmanager.get_plugins()):
+        return
+    path = config.getoption("--submission")
+    if path:
+        from grader import submission
+
+        modules = [s.name for s in stages.discover()]
+        loaded = submission.load(Path(path), modules, _tempdir())
+        config.pluginmanager.register(GradingSession(
+            loaded, devices=available_devices(config.getoption("--llmgrade-device"))), "llmgrade-session")
+
+
+def _tempdir() -> Path:
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix="llmgrade-submission-")) / "submission"

@@ -1,0 +1,77 @@
+"""Gradescope's results.json, built from test records and checked against its schema."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Iterable
+
+import jsonschema
+
+from grader.pytest_plugin import TestRecord
+
+
+def schema() -> dict:
+    return json.loads(resources.files("grader").joinpath("gradescope_schema.json").read_text())
+
+
+def test_output(record: TestRecord) -> str:
+    parts = list(record.feedback)
+    if record.printed:
+        parts.append("Your code printed:\n" + record.printed)
+    if not parts:
+        return "passed" if record.passed else "failed"
+    return "\n\n".join(parts)
+
+
+def build(records: Iterable[TestRecord], *, stage_order: dict[str, int], execution_time: float,
+          output: str, leaderboard: list[dict] | None = None) -> dict:
+    tests, counters = [], {}
+    for record in records:
+        counters[record.stage] = counters.get(record.stage, 0) + 1
+        tests.append({
+            "name": record.name,
+            "number": f"{stage_order.get(record.stage, 0)}.{counters[record.stage]}",
+            "score": round(record.score, 4),
+            "max_score": round(record.max_score, 4),
+            "status": "passed" if record.passed and record.fraction > 0 else "failed",
+            "output": test_output(record),
+            "output_format": "text",
+            "tags": [record.stage],
+            "visibility": record.visibility,
+        })
+    results = {
+        "score": round(sum(t["score"] for t in tests), 4),
+        "execution_time": round(execution_time, 2),
+        "output": output,
+        "output_format": "text",
+        "visibility": "visible",
+        "stdout_visibility": "hidden",
+        "tests": tests,
+        "leaderboard": leaderboard or [],
+    }
+    validate(results)
+    return results
+
+
+def validate(results: dict) -> None:
+    """Raise jsonschema.ValidationError unless `results` follows Gradescope's schema."""
+    jsonschema.validate(results, schema())
+
+
+def stage_scores(results: dict) -> dict[str, tuple[float, float]]:
+    """{stage: (score, max_score)} from a results.json."""
+    totals: dict[str, list[float]] = {}
+    for test in results["tests"]:
+        stage = test["tags"][0] if test.get("tags") else "?"
+        entry = totals.setdefault(stage, [0.0, 0.0])
+        entry[0] += test["score"]
+        entry[1] += test["max_score"]
+    return {stage: (round(s, 4), round(m, 4)) for stage, (s, m) in totals.items()}
+
+
+def write(results: dict, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,333 @@
+"""The grader's side of a worker: start it, send requests, survive it.
+
+Workers are forked from one template process per grading process
+(`template.py`, which has imported torch and the worker module), so a fresh
+worker costs a fork, not a Python start and a torch import. The template
+never sees a submission, a reference solution or a hidden test. Each worker
+gets its own copy of the submission in a private folder.
+
+A request that times out, a worker that dies, exceeds its memory or sends a
+malformed frame: the worker's whole process group is killed and the error is
+raised here as a `WorkerFailure`; the next request starts a fresh worker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from grader.worker import codec, framing, sandbox
+
+OUTPUT_KEEP = 64 * 1024
+
+
+class WorkerFailure(Exception):
+    """The worker could not answer: timeout, crash, memory, malformed reply."""
+
+
+class WorkerTimeout(WorkerFailure):
+    pass
+
+
+class WorkerCrashed(WorkerFailure):
+    pass
+
+
+class StudentException(Exception):
+    """An exception raised by submission code, as data: type, MRO names, message, traceback."""
+
+    def __init__(self, type_name: str, mro: list[str], message: str, traceback: str):
+        super().__init__(f"{type_name}: {message}")
+        self.type_name, self.mro, self.message, self.traceback = type_name, mro, message, traceback
+
+    def is_a(self, name: str) -> bool:
+        return name in self.mro
+
+
+class Template:
+    """The grading process's handle on its template process (see template.py)."""
+
+    def __init__(self, start_timeout: float = 120.0):
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        package_parent = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+            p for p in (package_parent, os.environ.get("PYTHONPATH")) if p))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "grader.worker.template", str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], env=env, cwd=tempfile.gettempdir(),
+            stdin=subprocess.DEVNULL)
+        theirs.close()
+        self.socket = ours
+        self.socket.settimeout(start_timeout)
+        self.lock = threading.Lock()
+
+    def ask(self, message: dict, fds: list[int] = ()) -> dict:
+        with self.lock:
+            socket.send_fds(self.socket, [json.dumps(message).encode()], list(fds))
+            reply = self.socket.recv(1 << 16)
+        if not reply:
+            raise WorkerFailure("the worker template process has stopped")
+        return json.loads(reply)
+
+    def fork(self, config: sandbox.SandboxConfig, fds: list[int]) -> int:
+        return self.ask({"op": "fork", "config": asdict(config)}, fds)["pid"]
+
+    def exit_code(self, pid: int, timeout: float = 5.0) -> int | None:
+        return self.ask({"op": "wait", "pid": pid, "timeout": timeout})["code"]
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        self.socket.close()
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+_template: Template | None = None
+
+
+def template() -> Template:
+    """The template of this grading process, started on first use."""
+    global _template
+    if _template is None or not _template.alive():
+        _template = Template()
+        atexit.register(_template.close)
+    return _template
+
+
+@dataclass
+class WorkerOptions:
+    hidden_paths: list[str] = field(default_factory=list)
+    memory_limit: int | None = sandbox.DEFAULT_MEMORY_LIMIT
+    max_bytes: int = 512 * 2**20
+    seed: int = 0
+
+
+class WorkerProcess:
+    """One live worker over one private copy of a submission directory."""
+
+    def __init__(self, submission_dir: Path, options: WorkerOptions, work_root: Path):
+        self.options = options
+        self.workdir = Path(tempfile.mkdtemp(prefix="worker-", dir=work_root))
+        shutil.copytree(submission_dir, self.workdir / "submission")
+        self.output_path = self.workdir / "output.txt"
+        self.output_path.touch()
+        self.output_offset = 0
+        config = sandbox.SandboxConfig(
+            workdir=str(self.workdir), submission_dir=str(self.workdir / "submission"),
+            output_path=str(self.output_path),
+            hidden_paths=[*options.hidden_paths, str(work_root)],
+            memory_limit=options.memory_limit, max_bytes=options.max_bytes, seed=options.seed)
+        req_r, self.req_w = os.pipe()
+        self.resp_r, resp_w = os.pipe()
+        self.template = template()
+        try:
+            self.pid = self.template.fork(config, [req_r, resp_w])
+        finally:
+            os.close(req_r)
+            os.close(resp_w)
+        self.exit_code: int | None = None
+
+    def request(self, message: bytes, timeout: float) -> bytes:
+        deadline = time.monotonic() + timeout
+        try:
+            framing.write_frame(self.req_w, message)
+            return framing.read_frame(self.resp_r, deadline=deadline,
+                                      max_bytes=self.options.max_bytes, on_wait=self._watchdog)
+        except framing.FrameTimeout:
+            self.kill()
+            raise WorkerTimeout(f"did not finish within {timeout:g} s") from None
+        except (framing.FrameClosed, BrokenPipeError):
+            raise WorkerCrashed(self._death()) from None
+        except framing.FrameTooLarge as exc:
+            self.kill()
+            raise WorkerFailure(f"sent back a reply that is too large ({exc})") from None
+        except BaseException:
+            self.kill()  # interrupted mid-request: the worker's state is unknown
+            raise
+
+    def _watchdog(self) -> None:
+        if not _alive(self.pid):
+            raise framing.FrameClosed()
+        limit = self.options.memory_limit
+        if limit is not None and _resident_bytes(self.pid) > limit:
+            self.kill()
+            raise WorkerCrashed(f"used more than {limit / 2**30:g} GiB of memory and was stopped")
+
+    def _death(self) -> str:
+        code = self.template.exit_code(self.pid)
+        self.kill()
+        if code is None:
+            return "stopped answering"
+        if code < 0:
+            name = signal.Signals(-code).name
+            why = {"SIGSEGV": "a segmentation fault", "SIGKILL": "most likely out of memory",
+                   "SIGABRT": "an abort", "SIGBUS": "a bus error"}.get(name, "a signal")
+            return f"crashed: the worker process was killed by {name} ({why})"
+        return f"exited: the worker process ended with exit code {code} (os._exit or a crash)"
+
+    def new_output(self) -> str:
+        """What the submission printed since the last call (the last 64 KiB of it)."""
+        try:
+            with open(self.output_path, "rb") as out:
+                out.seek(0, os.SEEK_END)
+                end = out.tell()
+                start = max(self.output_offset, end - OUTPUT_KEEP)
+                out.seek(start)
+                data = out.read(end - start)
+        except OSError:
+            return ""
+        self.output_offset = end
+        return data.decode("utf-8", errors="replace")
+
+    def kill(self) -> None:
+        for kill in (os.killpg, os.kill):
+            try:
+                kill(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def close(self) -> None:
+        self.kill()
+        for fd in (self.req_w, self.resp_r):
+            os.close(fd)
+        if self.template.alive():
+            self.template.exit_code(self.pid, timeout=0.5)  # reap it
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """False once the process has ended (a zombie counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            state = stat.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def _resident_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class WorkerSession:
+    """Requests to one submission, with a fresh worker whenever the last one was lost.
+
+    Handles are only valid in the worker that made them; `generation` counts
+    workers so that a handle that outlived its worker is reported as such.
+    """
+
+    def __init__(self, submission_dir: Path, options: WorkerOptions | None = None,
+                 default_timeout: float = 10.0):
+        self.submission_dir = Path(submission_dir)
+        self.options = options or WorkerOptions()
+        self.default_timeout = default_timeout
+        self.work_root = Path(tempfile.mkdtemp(prefix="llmgrade-"))
+        self.worker: WorkerProcess | None = None
+        self.generation = 0
+        self.output = ""
+
+    def request(self, message: dict, timeout: float | None = None, *,
+                encode_handle=None, decode_handle=None) -> Any:
+        worker = self.ensure_worker()
+        frame = codec.encode(message, to_handle=encode_handle, with_grad=True,
+                             max_bytes=self.options.max_bytes)
+        try:
+            reply = worker.request(frame, timeout or self.default_timeout)
+        except WorkerFailure:
+            self._collect_output(worker)
+            self.discard()
+            raise
+        self._collect_output(worker)
+        try:
+            response = codec.decode(reply, from_handle=decode_handle, max_bytes=self.options.max_bytes)
+            return self._unpack(response, message)
+        except codec.CodecError as exc:
+            self.discard()
+            raise WorkerFailure(f"sent back a malformed reply ({exc})") from None
+
+    def ensure_worker(self) -> WorkerProcess:
+        """The live worker, started (and `generation` advanced) if there is none."""
+        if self.worker is None:
+            self.worker = WorkerProcess(self.submission_dir, self.options, self.work_root)
+            self.generation += 1
+        return self.worker
+
+    def _unpack(self, response: Any, message: dict) -> Any:
+        if not (isinstance(response, dict) and type(response.get("ok")) is bool):
+            raise codec.CodecError("reply is not a response")
+        if not response["ok"]:
+            error = response.get("error")
+            fields = ("type", "mro", "message", "traceback")
+            if not (isinstance(error, dict) and all(isinstance(error.get(f), (str, list)) for f in fields)):
+                raise codec.CodecError("bad error description")
+            mro = [str(name) for name in error["mro"]] if isinstance(error["mro"], list) else []
+            raise StudentException(str(error["type"]), mro, str(error["message"]), str(error["traceback"]))
+        states = response.get("generators")
+        sent = collect(message, torch.Generator)
+        if not (isinstance(states, list) and len(states) == len(sent)):
+            raise codec.CodecError("generator states do not match the request")
+        for gen, state in zip(sent, states):
+            if not (isinstance(state, torch.Tensor) and state.dtype == torch.uint8):
+                raise codec.CodecError("bad generator state")
+            try:
+                gen.set_state(state)
+            except RuntimeError as exc:
+                raise codec.CodecError(f"bad generator state: {exc}") from None
+        return response.get("value")
+
+    def _collect_output(self, worker: WorkerProcess) -> None:
+        self.output = (self.output + worker.new_output())[-OUTPUT_KEEP:]
+
+    def take_output(self) -> str:
+        """What the submission printed since the last take_output()."""
+        output, self.output = self.output, ""
+        return output
+
+    def discard(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
+
+    def close(self) -> None:
+        self.discard()
+        shutil.rmtree(self.work_root, ignore_errors=True)
+
+
+def collect(value: Any, kind: type) -> list:
+    """Instances of `kind` in `value`, depth first; the worker walks in the same order."""
+    if isinstance(value, kind):
+        return [value]
+    if isinstance(value, dict):
+        value = [item for pair in value.items() for item in pair]
+    if isinstance(value, (list, tuple)):
+        return [found for item in value for found in collect(item, kind)]
+    return []
+
+
+def with_options(options: WorkerOptions, **changes) -> WorkerOptions:
+    return replace(options, **changes)

@@ -1,0 +1,151 @@
+"""What a worker does to itself before it imports any submission code.
+
+Its own process group (so the grader can kill it and everything it started),
+resource limits (address space, file size, no core dumps), stdout and stderr
+into a capped file, a clean environment and import path, fixed seeds, and an
+audit hook that refuses network access, signals to other processes and any
+file under the hidden paths (the project's solutions and hidden tests, the
+results, other workers' folders). The hook is defence in depth inside the
+worker; the grading process never trusts what the worker says anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import signal
+import sys
+from dataclasses import dataclass, field
+
+DEFAULT_MEMORY_LIMIT = 4 * 2**30
+DEFAULT_OUTPUT_LIMIT = 16 * 2**20
+
+
+@dataclass
+class SandboxConfig:
+    workdir: str                      # the worker's own folder: submission/ and output.txt
+    submission_dir: str               # workdir/submission: cwd and first on sys.path
+    output_path: str                  # where stdout and stderr go
+    hidden_paths: list[str] = field(default_factory=list)
+    memory_limit: int | None = DEFAULT_MEMORY_LIMIT   # bytes of address space beyond start-up
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
+    max_bytes: int = 512 * 2**20      # largest message either way
+    keep_fds: tuple[int, ...] = ()
+    seed: int = 0
+
+
+def enter(config: SandboxConfig) -> None:
+    os.setsid()
+    _redirect_output(config.output_path)
+    _close_fds(config.keep_fds)
+    _limit_resources(config)
+    _clean_environment(config)
+    os.chdir(config.submission_dir)
+    sys.path[:] = [config.submission_dir] + [
+        p for p in sys.path if p and not _under(os.path.realpath(p), config.hidden_paths)]
+    _seed(config.seed)
+    sys.addaudithook(_AuditHook(config))
+
+
+def _redirect_output(path: str) -> None:
+    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
+    os.close(devnull)
+    sys.stdout = open(1, "w", encoding="utf-8", errors="replace", closefd=False, buffering=1)
+    sys.stderr = open(2, "w", encoding="utf-8", errors="replace", closefd=False, buffering=1)
+
+
+def _close_fds(keep: tuple[int, ...]) -> None:
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 4096)
+
+
+def _limit_resources(config: SandboxConfig) -> None:
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails, not the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (config.output_limit, config.output_limit))
+    if config.memory_limit is not None:
+        limit = _address_space() + config.memory_limit
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _address_space() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _clean_environment(config: SandboxConfig) -> None:
+    keep = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "OMP_NUM_THREADS",
+                                       "CUDA_VISIBLE_DEVICES", "MKL_NUM_THREADS") if k in os.environ}
+    tmp = os.path.join(config.workdir, "tmp")
+    os.makedirs(tmp, exist_ok=True)
+    os.environ.clear()
+    os.environ.update(keep, HOME=config.workdir, TMPDIR=tmp, PYTHONDONTWRITEBYTECODE="1")
+    sys.dont_write_bytecode = True
+
+
+def _seed(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _under(path: str, roots: list[str]) -> bool:
+    return _depth(path, roots) > 0
+
+
+def _depth(path: str, roots: list[str]) -> int:
+    """Length of the longest root that `path` lies in (0 for none)."""
+    return max((len(root) for root in roots
+                if path == root or path.startswith(root.rstrip(os.sep) + os.sep)), default=0)
+
+
+class _AuditHook:
+    """Refuses, inside the worker, what a submission has no business doing."""
+
+    def __init__(self, config: SandboxConfig):
+        self.allowed = [os.path.realpath(p) for p in (
+            config.workdir, os.path.dirname(os.path.dirname(__file__)),
+            sys.prefix, sys.base_prefix, sys.exec_prefix)]
+        self.hidden = [os.path.realpath(p) for p in config.hidden_paths]
+        self.group = os.getpgid(0)
+
+    def __call__(self, event: str, args: tuple) -> None:
+        if event in ("open", "os.listdir", "os.scandir", "os.link", "os.symlink", "os.rename",
+                     "os.remove", "os.rmdir", "os.chmod", "shutil.rmtree"):
+            for arg in args[:2]:
+                if isinstance(arg, (str, bytes, os.PathLike)) and self.is_hidden(arg):
+                    raise PermissionError(f"the grader's files are off limits: {os.fsdecode(arg)}")
+        elif event.startswith("socket."):
+            raise PermissionError("network access is not allowed while grading")
+        elif event in ("os.kill", "os.killpg"):
+            pid = args[0]
+            if pid not in (0, os.getpid()) and not self.in_group(pid, event):
+                raise PermissionError("signals to other processes are not allowed while grading")
+
+    def is_hidden(self, path) -> bool:
+        """The most specific root decides: the worker's own folder inside a hidden one is fine."""
+        real = os.path.realpath(os.fsdecode(path))
+        return _depth(real, self.hidden) > _depth(real, self.allowed)
+
+    def in_group(self, pid: int, event: str) -> bool:
+        if event == "os.killpg":
+            return pid == self.group
+        try:
+            return pid > 0 and os.getpgid(pid) == self.group
+        except OSError:
+            return False
