@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from grader import stages
@@ -18,6 +19,7 @@ from grader.grade import GradeOptions, grade
 from grader.results import stage_scores, write
 
 console = Console(highlight=False)
+FEEDBACK_LINES = 8  # per failed test in the terminal; results.json has it all
 
 DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
                       show_default=True, help="Run numeric tests on these devices (auto: CPU, and CUDA when present).")
@@ -58,6 +60,20 @@ def grade_command(submission: Path, stage_names: tuple[str, ...], out: Path, dev
     console.print(f"results written to {out}")
 
 
+@cli.command("check")
+@click.argument("stage_names", nargs=-1, metavar="[STAGE]...")
+@click.option("--path", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("."),
+              show_default=True, help="Your working copy (the folder with bigram.py, ...).")
+@DEVICE
+def check_command(stage_names: tuple[str, ...], path: Path, device: str) -> None:
+    """Run the public tests of STAGE (default: every stage) on your working copy.
+
+    Example: llmgrade check bigram --path ~/llm-course
+    """
+    results = grade(path, GradeOptions(stage_names=list(stage_names), device=device, tests="public"))
+    show_results(results)
+
+
 @cli.command("selfcheck")
 @_stage_option("Check only this stage (repeatable).")
 @DEVICE
@@ -92,8 +108,11 @@ def show_results(results: dict) -> None:
         console.print(results["output"])
     for test in results["tests"]:
         if test["status"] == "failed":
-            first = test["output"].splitlines()[0] if test["output"] else ""
-            console.print(f"[red]✗[/] {test['name']}: {first}", soft_wrap=True)
+            lines = test["output"].splitlines() or [""]
+            shown = lines[:FEEDBACK_LINES] + (["..."] if len(lines) > FEEDBACK_LINES else [])
+            console.print(f"[red]✗[/] {escape(test['name'])}: {escape(shown[0])}", soft_wrap=True)
+            for line in shown[1:]:
+                console.print(f"    {escape(line)}", soft_wrap=True)
 
 
 def main() -> None:

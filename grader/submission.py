@@ -41,7 +41,7 @@ def load(path: Path, modules: list[str], dest: Path) -> Submission:
     try:
         if path.is_dir():
             source = path
-        elif path.is_file() and zipfile.is_zipfile(path):
+        elif path.is_file() and (path.suffix.lower() == ".zip" or zipfile.is_zipfile(path)):
             source = dest.parent / (dest.name + "-unzipped")
             _unzip(path, source)
         elif path.is_file() and path.suffix in (".py", ".ipynb"):

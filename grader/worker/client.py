@@ -58,18 +58,23 @@ class StudentException(Exception):
         return name in self.mro
 
 
+_TEMPLATE_BOOT = ("import sys; sys.path.insert(0, sys.stdin.readline().rstrip('\\n')); "
+                  "from grader.worker.template import main; main()")
+
+
 class Template:
     """The grading process's handle on its template process (see template.py)."""
 
     def __init__(self, start_timeout: float = 120.0):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        package_parent = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (package_parent, os.environ.get("PYTHONPATH")) if p))
+        # Where to import grader from goes through stdin, so that it is in neither the
+        # command line nor the environment that workers inherit (/proc/self/...).
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LLMGRADE_ROOT")}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "grader.worker.template", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], env=env, cwd=tempfile.gettempdir(),
-            stdin=subprocess.DEVNULL)
+            [sys.executable, "-c", _TEMPLATE_BOOT, str(theirs.fileno())],
+            pass_fds=[theirs.fileno()], env=env, cwd=tempfile.gettempdir(), stdin=subprocess.PIPE)
+        self.process.stdin.write((str(Path(__file__).resolve().parents[2]) + "\n").encode())
+        self.process.stdin.close()
         theirs.close()
         self.socket = ours
         self.socket.settimeout(start_timeout)
@@ -133,7 +138,7 @@ class WorkerProcess:
         config = sandbox.SandboxConfig(
             workdir=str(self.workdir), submission_dir=str(self.workdir / "submission"),
             output_path=str(self.output_path),
-            hidden_paths=[*options.hidden_paths, str(work_root)],
+            hidden_digests=[sandbox.path_digest(p) for p in (*options.hidden_paths, str(work_root))],
             memory_limit=options.memory_limit, max_bytes=options.max_bytes, seed=options.seed)
         req_r, self.req_w = os.pipe()
         self.resp_r, resp_w = os.pipe()

@@ -11,6 +11,7 @@ worker; the grading process never trusts what the worker says anyway.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import resource
@@ -27,7 +28,7 @@ class SandboxConfig:
     workdir: str                      # the worker's own folder: submission/ and output.txt
     submission_dir: str               # workdir/submission: cwd and first on sys.path
     output_path: str                  # where stdout and stderr go
-    hidden_paths: list[str] = field(default_factory=list)
+    hidden_digests: list[str] = field(default_factory=list)   # see path_digest: never the paths
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT   # bytes of address space beyond start-up
     output_limit: int = DEFAULT_OUTPUT_LIMIT
     max_bytes: int = 512 * 2**20      # largest message either way
@@ -43,7 +44,7 @@ def enter(config: SandboxConfig) -> None:
     _clean_environment(config)
     os.chdir(config.submission_dir)
     sys.path[:] = [config.submission_dir] + [
-        p for p in sys.path if p and not _under(os.path.realpath(p), config.hidden_paths)]
+        p for p in sys.path if p and not _hidden_ancestor(os.path.realpath(p), set(config.hidden_digests))]
     _seed(config.seed)
     sys.addaudithook(_AuditHook(config))
 
@@ -104,14 +105,26 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _under(path: str, roots: list[str]) -> bool:
-    return _depth(path, roots) > 0
-
-
 def _depth(path: str, roots: list[str]) -> int:
     """Length of the longest root that `path` lies in (0 for none)."""
     return max((len(root) for root in roots
                 if path == root or path.startswith(root.rstrip(os.sep) + os.sep)), default=0)
+
+
+def path_digest(path: str) -> str:
+    """How the grader names a hidden path to the worker: the worker never gets the path itself."""
+    return hashlib.sha256(os.path.realpath(path).encode()).hexdigest()
+
+
+def _hidden_ancestor(path: str, digests: set[str]) -> int:
+    """Length of the longest ancestor of `path` (itself included) that is hidden, or 0."""
+    while True:
+        if hashlib.sha256(path.encode()).hexdigest() in digests:
+            return len(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            return 0
+        path = parent
 
 
 class _AuditHook:
@@ -121,7 +134,7 @@ class _AuditHook:
         self.allowed = [os.path.realpath(p) for p in (
             config.workdir, os.path.dirname(os.path.dirname(__file__)),
             sys.prefix, sys.base_prefix, sys.exec_prefix)]
-        self.hidden = [os.path.realpath(p) for p in config.hidden_paths]
+        self.hidden = set(config.hidden_digests)
         self.group = os.getpgid(0)
 
     def __call__(self, event: str, args: tuple) -> None:
@@ -140,7 +153,7 @@ class _AuditHook:
     def is_hidden(self, path) -> bool:
         """The most specific root decides: the worker's own folder inside a hidden one is fine."""
         real = os.path.realpath(os.fsdecode(path))
-        return _depth(real, self.hidden) > _depth(real, self.allowed)
+        return _hidden_ancestor(real, self.hidden) > _depth(real, self.allowed)
 
     def in_group(self, pid: int, event: str) -> bool:
         if event == "os.killpg":

@@ -1,6 +1,6 @@
 """The template process that workers are forked from.
 
-Started once per grading process (`python -m grader.worker.template FD`), it
+Started once per grading process (see client.Template), it
 imports torch and the worker code, then waits on a Unix seqpacket socket for requests
 from the grader: `fork` (with the new worker's two pipe ends attached as file
 descriptors) answers the child's pid; `wait` answers how a child ended. It
@@ -74,6 +74,7 @@ class Template:
 
 
 def main() -> None:
+    sys.stdin = open(os.devnull)
     control = socket.socket(fileno=int(sys.argv[1]))
     Template(control).run()
 

@@ -1,0 +1,42 @@
+"""Shared helpers for the framework's own tests."""
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from grader.worker.client import WorkerOptions, WorkerSession
+
+
+def write_files(folder: Path, files: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(textwrap.dedent(text), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture
+def make_submission(tmp_path):
+    """make_submission({"m.py": "..."}) -> a folder holding those files."""
+    counter = iter(range(1000))
+
+    def make(files: dict[str, str]) -> Path:
+        return write_files(tmp_path / f"submission{next(counter)}", files)
+
+    return make
+
+
+@pytest.fixture
+def session_for(tmp_path):
+    """session_for(folder, **options) -> a WorkerSession closed after the test."""
+    sessions = []
+
+    def make(folder: Path, timeout: float = 10.0, **options) -> WorkerSession:
+        opts = WorkerOptions(hidden_paths=[str(tmp_path / "hidden")], **options)
+        session = WorkerSession(folder, opts, default_timeout=timeout)
+        sessions.append(session)
+        return session
+
+    yield make
+    for session in sessions:
+        session.close()

@@ -1,0 +1,190 @@
+"""Every bad input ends as a clear message and a valid results.json, never a lost batch."""
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from grader import results as gradescope
+from grader.grade import GradeOptions, grade
+from grader.stages import project_root
+
+REFERENCE = (project_root() / "solutions" / "bigram.py").read_text()
+FAST = GradeOptions(stage_names=["bigram"], device="cpu", call_timeout=3.0)
+
+
+def graded(path, options=FAST):
+    results = grade(path, options)
+    gradescope.validate(results)
+    return results
+
+
+def max_score(results):
+    return sum(t["max_score"] for t in results["tests"])
+
+
+def failures(results):
+    return {t["name"]: t["output"] for t in results["tests"] if t["status"] == "failed"}
+
+
+def replace_function(source: str, name: str, new: str) -> str:
+    """The reference with function `name` replaced by `new` (a whole def)."""
+    start = source.index(f"def {name}(")
+    end = source.find("\ndef ", start + 1)
+    return source[:start] + new.strip() + "\n\n" + (source[end + 1:] if end != -1 else "")
+
+
+@pytest.fixture(scope="module")
+def reference_results():
+    return graded(project_root() / "solutions")
+
+
+def test_reference_gets_full_marks(reference_results):
+    assert reference_results["score"] == max_score(reference_results) > 0
+    assert len(reference_results["tests"]) >= 15
+
+
+def test_missing_module(tmp_path):
+    (tmp_path / "notes.txt").write_text("nothing here")
+    results = graded(tmp_path)
+    assert results["score"] == 0
+    assert all("bigram.py is missing from your submission" in out for out in failures(results).values())
+
+
+def test_syntax_error(make_submission):
+    results = graded(make_submission({"bigram.py": REFERENCE + "\ndef broken(:\n    pass\n"}))
+    assert results["score"] == 0
+    assert all("SyntaxError" in out and "bigram.py, line" in out for out in failures(results).values())
+
+
+def test_import_time_error_names_the_file(make_submission):
+    results = graded(make_submission({"bigram.py": "import helper\n" + REFERENCE,
+                                      "helper.py": "raise RuntimeError('broken helper')\n"}))
+    output = next(iter(failures(results).values()))
+    assert "importing bigram.py raised RuntimeError: broken helper" in output and "helper.py" in output
+
+
+def test_missing_function_costs_only_its_tests(make_submission, reference_results):
+    source = REFERENCE[:REFERENCE.index("def nll(")] + REFERENCE[REFERENCE.index("def sample("):]
+    results = graded(make_submission({"bigram.py": source}))
+    failed = failures(results)
+    assert failed and all(name.startswith("bigram: nll") for name in failed)
+    assert all("bigram.py defines no 'nll'" in out for out in failed.values())
+    assert 0 < results["score"] < reference_results["score"]
+
+
+def test_wrong_signature(make_submission):
+    source = replace_function(REFERENCE, "nll", "def nll(probs, words):\n    return 0.0\n")
+    failed = failures(graded(make_submission({"bigram.py": source})))
+    assert failed and all("TypeError" in out and "signature" in out for out in failed.values())
+
+
+def test_hostile_submission_costs_only_the_tests_that_call_it(make_submission):
+    source = REFERENCE
+    source = replace_function(source, "sample", "def sample(probs, itos, n, generator, max_len=50):\n"
+                                                "    while True:\n        pass\n")
+    source = replace_function(source, "nll", "def nll(probs, words, stoi):\n"
+                                             "    import os\n    os._exit(1)\n")
+    source = replace_function(source, "bigram_probs", "def bigram_probs(counts, smoothing=1.0):\n"
+                                                      "    import ctypes\n    ctypes.string_at(0)\n")
+    source = replace_function(source, "bigram_counts", "def bigram_counts(words, stoi):\n"
+                                                       "    return torch.ones(50 * 2**30, dtype=torch.uint8)\n")
+    results = graded(make_submission({"bigram.py": source}))
+    failed = failures(results)
+    passed = [t["name"] for t in results["tests"] if t["status"] == "passed"]
+    assert passed and all(name.startswith("bigram: build_vocab") for name in passed)
+    for name, output in failed.items():
+        function = name.split(": ")[1].split()[0]
+        expected = {"sample": "did not finish within 3 s", "nll": "exit code 1",
+                    "bigram_probs": "SIGSEGV", "bigram_counts": "memory"}[function]
+        assert expected in output, (name, output)
+
+
+def notebook(cells) -> str:
+    nb = nbformat.v4.new_notebook()
+    for source, tags in cells:
+        cell = nbformat.v4.new_code_cell(source)
+        if tags:
+            cell.metadata["tags"] = tags
+        nb.cells.append(cell)
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell("# My bigram notebook"))
+    return nbformat.writes(nb)
+
+
+def test_notebook_export_cells_are_graded(make_submission, reference_results):
+    head, body = REFERENCE.split("def build_vocab", 1)
+    cells = [("#| export\n" + head, None), ("print('scratch work, never run')\nraise SystemExit", None),
+             ("def build_vocab" + body, ["export"])]
+    results = graded(make_submission({"bigram.ipynb": notebook(cells)}))
+    assert results["score"] == reference_results["score"]
+    assert "bigram.ipynb: graded its exported cells" in results["output"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "not a valid Jupyter notebook"),
+    (notebook([("def build_vocab(words): pass", None)]), "no code cell marked"),
+])
+def test_broken_notebook(make_submission, content, message):
+    results = graded(make_submission({"bigram.ipynb": content}))
+    assert results["score"] == 0
+    assert all(message in out for out in failures(results).values())
+
+
+def zip_bytes(files: dict[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, text in files.items():
+            zf.writestr(name, text)
+    return buffer.getvalue()
+
+
+def test_zip_with_a_top_folder(tmp_path, reference_results):
+    archive = tmp_path / "ada.zip"
+    archive.write_bytes(zip_bytes({"hw/bigram.py": REFERENCE, "__MACOSX/hw/._bigram.py": "junk"}))
+    results = graded(archive)
+    assert results["score"] == reference_results["score"]
+    assert "found the modules in the folder hw/" in results["output"]
+
+
+@pytest.mark.parametrize("name, data, message", [
+    ("bad.zip", zip_bytes({"bigram.py": REFERENCE})[:-30], "could not be read"),
+    ("bad.zip", zip_bytes({"../../evil.py": "x = 1"}), "unsafe path"),
+    ("bad.zip", b"PK\x03\x04 this is not really a zip", "could not be read"),
+    ("submission.rar", b"Rar!", "not a folder, a .zip"),
+], ids=["truncated", "path-traversal", "not-a-zip", "rar"])
+def test_malformed_zip(tmp_path, name, data, message):
+    archive = tmp_path / name
+    archive.write_bytes(data)
+    results = graded(archive)
+    assert results["score"] == 0 and message in results["output"]
+    assert all(message in out for out in failures(results).values())
+
+
+def test_cli_writes_results_and_exits_zero(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "bigram.py").write_text("x = 1\n")
+    out = tmp_path / "out" / "results.json"
+    run = subprocess.run([sys.executable, "-m", "grader", "grade", str(tmp_path / "sub"), "--stage", "bigram",
+                          "--out", str(out), "--device", "cpu"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    results = json.loads(out.read_text())
+    gradescope.validate(results)
+    assert results["score"] == 0 and "defines no 'build_vocab'" in run.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["grade", "/no/such/path"], "does not exist"),
+    (["grade", ".", "--stage", "nope"], "unknown stage 'nope'"),
+    (["grade", ".", "--device", "tpu"], "'tpu' is not one of"),
+])
+def test_cli_errors_are_one_line(args, message):
+    run = subprocess.run([sys.executable, "-m", "grader", *args], capture_output=True, text=True)
+    assert run.returncode != 0
+    assert message in run.stderr and "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr

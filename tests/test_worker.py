@@ -1,0 +1,213 @@
+"""The worker protocol and its failure modes, driven directly through WorkerSession."""
+
+import os
+
+import pytest
+import torch
+
+from grader.worker.client import StudentException, WorkerCrashed, WorkerFailure, WorkerTimeout
+
+MODULE = '''
+import os, sys, time
+import torch
+
+def add(x, y=1):
+    return x + y
+
+def fail():
+    helper()
+
+def helper():
+    raise KeyError("zzz")
+
+def forever():
+    while True:
+        pass
+
+def leave():
+    os._exit(3)
+
+def segfault():
+    import ctypes
+    ctypes.string_at(0)
+
+def hog():
+    return torch.ones(50 * 2**30, dtype=torch.uint8).sum()
+
+def chatty():
+    print("hello from the student")
+    sys.stdout.write("\\x00\\x00\\x00\\x00{not a frame}")
+    print("to stderr", file=sys.stderr)
+    return 42
+
+def draw(gen):
+    return torch.randint(100, (4,), generator=gen)
+
+def big():
+    return torch.zeros(2**20, dtype=torch.uint8)
+
+def corrupt():
+    for fd in range(3, 64):
+        try:
+            os.write(fd, b"\\xff" * 8)
+        except OSError:
+            pass
+    return 1
+
+def read(path):
+    return open(path).read()
+
+def connect():
+    import socket
+    socket.create_connection(("127.0.0.1", 9))
+
+def kill_parent():
+    os.kill(os.getppid(), 9)
+
+def where():
+    return {"cwd": os.getcwd(), "path": sys.path[:], "env": dict(os.environ)}
+
+def square_sum(x):
+    return (x ** 2).sum()
+
+class Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 2)
+    def forward(self, x):
+        return self.lin(x)
+'''
+
+
+@pytest.fixture
+def worker(make_submission, session_for):
+    folder = make_submission({"m.py": MODULE})
+    session = session_for(folder, timeout=5.0)
+
+    def call(name, *args, timeout=None, **kwargs):
+        module = session.request({"op": "import", "module": "m"})
+        fn = session.request({"op": "getattr", "target": module, "name": name})
+        return session.request({"op": "call", "target": fn, "args": list(args), "kwargs": kwargs,
+                                "backward": None}, timeout)
+
+    call.session = session
+    return call
+
+
+def test_calls_round_trip(worker):
+    assert worker("add", 2, y=3) == 5
+    assert torch.equal(worker("add", torch.ones(2)), torch.full((2,), 2.0))
+
+
+def test_exception_comes_back_as_data_with_student_frames_only(worker):
+    with pytest.raises(StudentException) as info:
+        worker("fail")
+    exc = info.value
+    assert exc.type_name == "KeyError" and exc.is_a("LookupError") and "zzz" in exc.message
+    assert 'File "m.py"' in exc.traceback and "in helper" in exc.traceback
+    assert "grader" not in exc.traceback
+
+
+@pytest.mark.parametrize("name, error, message", [
+    ("forever", WorkerTimeout, "did not finish within"),
+    ("leave", WorkerCrashed, "exit code 3"),
+    ("segfault", WorkerCrashed, "SIGSEGV"),
+])
+def test_failures_cost_one_call_and_a_fresh_worker_serves_the_next(worker, name, error, message):
+    assert worker("add", 0) == 1
+    generation = worker.session.generation
+    with pytest.raises(error, match=message):
+        worker(name, timeout=2.0)
+    assert worker("add", 1) == 2
+    assert worker.session.generation == generation + 1
+
+
+def test_memory_hog_is_stopped(worker):
+    with pytest.raises((StudentException, WorkerCrashed)) as info:
+        worker("hog")
+    assert "allocate" in str(info.value) or "memory" in str(info.value)
+    assert worker("add", 1) == 2
+
+
+def test_output_is_captured_apart_from_the_protocol(worker):
+    assert worker("chatty") == 42
+    printed = worker.session.take_output()
+    assert "hello from the student" in printed and "to stderr" in printed
+    assert worker.session.take_output() == ""
+
+
+def test_forged_frames_are_a_protocol_failure(worker):
+    with pytest.raises(WorkerFailure):
+        worker("corrupt")
+    assert worker("add", 1) == 2
+
+
+def test_reply_size_cap(make_submission, session_for):
+    session = session_for(make_submission({"m.py": MODULE}), max_bytes=2**19)
+    module = session.request({"op": "import", "module": "m"})
+    fn = session.request({"op": "getattr", "target": module, "name": "big"})
+    with pytest.raises(StudentException, match="too large"):
+        session.request({"op": "call", "target": fn, "args": [], "kwargs": {}, "backward": None})
+
+
+def test_generator_state_comes_back(worker):
+    gen, twin = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    assert torch.equal(worker("draw", gen), torch.randint(100, (4,), generator=twin))
+    assert torch.equal(worker("draw", gen), torch.randint(100, (4,), generator=twin))
+
+
+def test_hidden_paths_network_and_signals_are_refused(worker, tmp_path):
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "answers.txt").write_text("secret")
+    with pytest.raises(StudentException, match="off limits"):
+        worker("read", str(hidden / "answers.txt"))
+    with pytest.raises(StudentException, match="network"):
+        worker("connect")
+    with pytest.raises(StudentException, match="signals"):
+        worker("kill_parent")
+
+
+def test_worker_sees_only_its_copy(worker, tmp_path):
+    seen = worker("where")
+    assert seen["cwd"].endswith("submission") and not seen["cwd"].startswith(str(tmp_path))
+    assert not any(str(tmp_path / "hidden") in p for p in seen["path"])
+    assert set(seen["env"]) <= {"PATH", "LANG", "LC_ALL", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                "CUDA_VISIBLE_DEVICES", "HOME", "TMPDIR", "PYTHONDONTWRITEBYTECODE"}
+
+
+def test_grader_never_unpickles(monkeypatch, worker):
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the grader unpickled something")
+
+    monkeypatch.setattr(pickle, "loads", refuse)
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    assert worker("add", torch.ones(3)).sum() == 6
+
+
+def test_backward_returns_input_and_parameter_gradients(worker):
+    session = worker.session
+    module = session.request({"op": "import", "module": "m"})
+    fn = session.request({"op": "getattr", "target": module, "name": "square_sum"})
+    x = torch.tensor([1.0, -2.0], requires_grad=True)
+    out = session.request({"op": "call", "target": fn, "args": [x], "kwargs": {},
+                           "backward": {"grad_output": None, "output_index": None}})
+    assert torch.equal(out["input_grads"][0], torch.tensor([2.0, -4.0]))
+    cls = session.request({"op": "getattr", "target": module, "name": "Model"})
+    model = session.request({"op": "call", "target": cls, "args": [], "kwargs": {}, "backward": None})
+    out = session.request({"op": "call", "target": model, "args": [torch.ones(4, 3)], "kwargs": {},
+                           "backward": {"grad_output": torch.ones(4, 2), "output_index": None}})
+    assert torch.equal(out["param_grads"]["lin.bias"], torch.full((2,), 4.0))
+    assert torch.equal(out["param_grads"]["lin.weight"], torch.full((2, 3), 4.0))
+
+
+def test_workers_are_forked_from_one_template(make_submission, session_for):
+    folder = make_submission({"m.py": MODULE})
+    first, second = session_for(folder), session_for(folder)
+    for session in (first, second):
+        session.request({"op": "ping"})
+    assert first.worker.template is second.worker.template
+    assert first.worker.pid != second.worker.pid != os.getpid()
