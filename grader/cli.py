@@ -25,8 +25,17 @@ DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), de
                       show_default=True, help="Run numeric tests on these devices (auto: CPU, and CUDA when present).")
 
 
+def _known_stages(ctx, param, names):
+    try:
+        stages.select(list(names))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return names
+
+
 def _stage_option(help_text: str):
-    return click.option("--stage", "stage_names", multiple=True, metavar="STAGE", help=help_text)
+    return click.option("--stage", "stage_names", multiple=True, metavar="STAGE", help=help_text,
+                        callback=_known_stages)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,7 +70,7 @@ def grade_command(submission: Path, stage_names: tuple[str, ...], out: Path, dev
 
 
 @cli.command("check")
-@click.argument("stage_names", nargs=-1, metavar="[STAGE]...")
+@click.argument("stage_names", nargs=-1, metavar="[STAGE]...", callback=_known_stages)
 @click.option("--path", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="Your working copy (the folder with bigram.py, ...).")
 @DEVICE

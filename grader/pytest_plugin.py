@@ -79,7 +79,8 @@ def feedback_for(excinfo: pytest.ExceptionInfo) -> tuple[str, bool]:
             return "this test took longer than its time limit and was stopped", False
         return message, False
     if isinstance(exc, AssertionError):
-        return f"check failed: {str(exc).splitlines()[0] if str(exc) else 'assertion'}", False
+        text = str(exc).splitlines()[0] if str(exc) else str(excinfo.traceback[-1].statement).strip()
+        return f"check failed: {text}", False
     sys.stderr.write("".join(traceback.format_exception(exc)))
     return f"the grader could not check this result ({type(exc).__name__}: {str(exc)[:300]})", True
 
