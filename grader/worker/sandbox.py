@@ -43,10 +43,10 @@ def enter(config: SandboxConfig) -> None:
     _limit_resources(config)
     _clean_environment(config)
     os.chdir(config.submission_dir)
-    sys.path[:] = [config.submission_dir] + [
-        p for p in sys.path if p and not _hidden_ancestor(os.path.realpath(p), set(config.hidden_digests))]
+    hook = _AuditHook(config)
+    sys.path[:] = [config.submission_dir] + [p for p in sys.path if p and not hook.is_hidden(p)]
     _seed(config.seed)
-    sys.addaudithook(_AuditHook(config))
+    sys.addaudithook(hook)
 
 
 def _redirect_output(path: str) -> None:
