@@ -2,7 +2,8 @@
 
 A test module is plain pytest; what this plugin adds:
 
-- fixtures: `student` (the submission, served by a worker; see remote.py),
+- fixtures: `student` (the submission, served by a worker that traps the
+  stage's `BANNED_APIS`; see remote.py and worker/traps.py), `submission_dir`,
   `reference` (the stage's reference solution, imported here), `device`
   ("cpu", and "cuda" when available: every test using it runs on each),
   `credit` (partial credit: `credit.fraction = 0.5`), `leaderboard`;
@@ -189,7 +190,8 @@ class GradingSession:
             else:
                 session = WorkerSession(self.submission.root, self.worker_options, self.call_timeout)
                 self._sessions.append(session)
-                self._remotes[stage] = RemoteSubmission(session, self.submission.problems)
+                self._remotes[stage] = RemoteSubmission(session, self.submission.problems,
+                                                        banned_apis=banned_apis(stage))
         remote = self._remotes[stage]
         remote.output()  # start this test's printed output afresh
         marker = request.node.get_closest_marker("call_timeout")
@@ -198,6 +200,13 @@ class GradingSession:
                 yield remote
         else:
             yield remote
+
+    @pytest.fixture
+    def submission_dir(self) -> Path:
+        """The submission's folder, for checks that read its source as text (never import it)."""
+        if self.submission is None:
+            raise pytest.UsageError("no submission: pass --submission DIR")
+        return Path(self.submission.root)
 
     @pytest.fixture
     def reference(self, request: pytest.FixtureRequest):
@@ -218,6 +227,14 @@ def load_reference(stage: str):
     if solutions not in sys.path:
         sys.path.insert(0, solutions)
     return importlib.import_module(stage)
+
+
+def banned_apis(stage: str) -> tuple[str, ...]:
+    """The APIs `stage` bans, read from its reference (`BANNED_APIS`), never from the submission."""
+    try:
+        return tuple(getattr(load_reference(stage), "BANNED_APIS", ()))
+    except ImportError:
+        return ()
 
 
 # -- standalone use: pytest -p grader.pytest_plugin --submission DIR

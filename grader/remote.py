@@ -106,10 +106,13 @@ class RemoteObject:
 class RemoteSubmission:
     """One stage's view of a submission, served by a `WorkerSession`."""
 
-    def __init__(self, session: WorkerSession, problems: dict[str, str] | None = None):
+    def __init__(self, session: WorkerSession, problems: dict[str, str] | None = None,
+                 banned_apis: tuple[str, ...] = ()):
         self._session = session
         self._problems = problems or {}
         self._modules: dict[tuple[str, int], RemoteObject] = {}
+        self._banned_apis = tuple(banned_apis)
+        self._trapped_generation: int | None = None
         self.call_timeout: float | None = None
 
     def __getattr__(self, module: str) -> RemoteObject:
@@ -120,8 +123,15 @@ class RemoteSubmission:
         self._session.ensure_worker()
         key = (module, self._session.generation)
         if key not in self._modules:
+            self._trap_banned_apis()
             self._modules[key] = self.request({"op": "import", "module": module}, module)
         return self._modules[key]
+
+    def _trap_banned_apis(self) -> None:
+        """Each fresh worker traps the stage's banned APIs before any submission import."""
+        if self._banned_apis and self._trapped_generation != self._session.generation:
+            self._session.request({"op": "ban", "names": list(self._banned_apis)}, self.call_timeout)
+            self._trapped_generation = self._session.generation
 
     def request(self, message: dict, what: str, missing: bool = False) -> Any:
         self._session.ensure_worker()

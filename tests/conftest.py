@@ -11,6 +11,7 @@ from grader.worker.client import WorkerOptions, WorkerSession
 def write_files(folder: Path, files: dict[str, str]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(textwrap.dedent(text), encoding="utf-8")
     return folder
 

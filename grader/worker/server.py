@@ -3,7 +3,8 @@
 It is forked from a template process that has already imported torch (see
 `template.py`), locks itself down (`sandbox.py`), then answers requests from the
 grader one at a time: import a module, get an attribute, call something
-(optionally running backward and returning gradients), release handles.
+(optionally running backward and returning gradients), release handles, trap
+banned APIs.
 Anything that is not plain data stays here and is known to the grader by a
 numbered handle.
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from grader.worker import codec, framing, sandbox
+from grader.worker import codec, framing, sandbox, traps
 
 MAX_MESSAGE = 8000
 
@@ -91,6 +92,10 @@ class Worker:
     def op_release(self, request: dict) -> None:
         for handle_id in request["ids"]:
             self.objects.pop(handle_id, None)
+
+    def op_ban(self, request: dict) -> list[str]:
+        """Trap the stage's banned APIs (before its module is imported); see traps.py."""
+        return traps.install([str(name) for name in request["names"]])
 
     def op_ping(self, request: dict) -> str:
         return "pong"
