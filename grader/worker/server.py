@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from grader.worker import codec, framing, sandbox, traps
+from grader.worker import codec, fixtures, framing, sandbox, traps
 
 MAX_MESSAGE = 8000
 
@@ -88,6 +88,17 @@ class Worker:
 
     def op_call(self, request: dict) -> Any:
         return run_call(request["target"], request["args"], request["kwargs"], request.get("backward"))
+
+    def op_repeat(self, request: dict) -> None:
+        """Call the target `times` times and return nothing: the grader times the round trip."""
+        for _ in range(int(request["times"])):
+            request["target"](*request["args"], **request["kwargs"])
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+
+    def op_fixture(self, request: dict) -> Any:
+        """Build one of the grader's fixture objects (worker/fixtures.py) here, e.g. a model to sample from."""
+        return self.to_handle(fixtures.build(request["name"], request["args"], request["kwargs"]))
 
     def op_release(self, request: dict) -> None:
         for handle_id in request["ids"]:

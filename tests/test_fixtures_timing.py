@@ -1,0 +1,61 @@
+"""Grader fixtures built inside the worker, and timing on the grader's clock."""
+
+import pytest
+import torch
+
+from grader.remote import RemoteSubmission, StudentCodeError, wall_time
+from grader.worker import fixtures
+
+MODULE = '''
+import time
+import torch
+
+def run(model, idx):
+    return model(idx)
+
+def nap(seconds):
+    time.sleep(seconds)
+
+def lie_about_time(seconds):
+    time.perf_counter = lambda: 0.0     # the worker's clock is the student's; the grader's is not
+    time.monotonic = lambda: 0.0
+    time.sleep(seconds)
+'''
+
+
+@pytest.fixture
+def remote(make_submission, session_for):
+    return RemoteSubmission(session_for(make_submission({"m.py": MODULE})))
+
+
+def test_fixture_model_in_the_worker_matches_the_same_fixture_here(remote):
+    idx = torch.tensor([[1, 2, 3], [4, 0, 9]])
+    model = remote.fixture("ContextLM", vocab_size=11, block_size=4, seed=3)
+    expected = fixtures.build("ContextLM", [], dict(vocab_size=11, block_size=4, seed=3))(idx)
+    got = remote.m.run(model, idx)
+    assert got.shape == (2, 3, 11) and torch.equal(got, expected)
+
+
+def test_fixture_model_depends_on_the_whole_context_and_checks_block_size():
+    model = fixtures.build("ContextLM", [], dict(vocab_size=7, block_size=3, returns_tuple=True))
+    logits, loss = model(torch.tensor([[1, 2, 3]]))
+    assert loss is None
+    cropped, _ = model(torch.tensor([[2, 3]]))
+    assert not torch.allclose(logits[:, -1], cropped[:, -1])   # the context matters
+    with pytest.raises(ValueError, match="block_size"):
+        model(torch.tensor([[1, 2, 3, 4]]))
+
+
+def test_unknown_fixture_is_an_error(remote):
+    with pytest.raises(StudentCodeError, match="unknown fixture"):
+        remote.fixture("NoSuchThing")
+
+
+def test_wall_time_is_measured_by_the_grader(remote):
+    assert 0.045 <= wall_time(remote.m.nap, 0.05, repeat=3, warmup=1) <= 0.5
+    # Patching the clock inside the worker changes nothing the grader measures.
+    assert 0.045 <= wall_time(remote.m.lie_about_time, 0.05, repeat=3, warmup=1) <= 0.5
+
+
+def test_wall_time_of_a_local_function():
+    assert wall_time(torch.mm, torch.ones(8, 8), torch.ones(8, 8), repeat=3) < 0.5
