@@ -8,6 +8,9 @@ from grader.stages import project_root
 ROOT = project_root()
 NAMES = ROOT / "datasets" / "names.txt"
 HELDOUT = ROOT / "autograder_tests" / "bigram" / "data" / "names_heldout.txt"
+SHAKESPEARE = ROOT / "datasets" / "shakespeare.txt"
+HIDDEN_PLAYS = [ROOT / "autograder_tests" / "training" / "data" / f"shakespeare_{split}.txt"
+                for split in ("train", "val")]
 
 
 def lines(path):
@@ -32,5 +35,16 @@ def test_heldout_split_is_disjoint_and_same_format():
 
 def test_files_are_those_the_build_script_recorded():
     readme = (ROOT / "datasets" / "README.md").read_text()
-    for path in (NAMES, HELDOUT):
+    for path in (NAMES, HELDOUT, SHAKESPEARE, *HIDDEN_PLAYS):
         assert hashlib.sha256(path.read_bytes()).hexdigest() in readme, f"{path.name} changed without the README"
+
+
+def test_shakespeare_is_about_a_megabyte_of_plays_and_the_hidden_splits_are_other_plays():
+    student = SHAKESPEARE.read_text(encoding="ascii")
+    assert 900_000 <= len(student) <= 1_200_000 and "MACBETH" in student
+    for path in HIDDEN_PLAYS:
+        hidden = path.read_text(encoding="ascii")
+        assert len(hidden) >= 100_000
+        # whole plays the students never get: no long passage is shared
+        lines = [line for line in hidden.splitlines() if len(line) > 60]
+        assert sum(line in student for line in lines[:500]) < 25
