@@ -211,3 +211,32 @@ def test_workers_are_forked_from_one_template(make_submission, session_for):
         session.request({"op": "ping"})
     assert first.worker.template is second.worker.template
     assert first.worker.pid != second.worker.pid != os.getpid()
+
+
+def test_a_sticky_cuda_error_costs_only_its_call(make_submission, session_for):
+    """After a CUDA error (here simulated: no GPU needed) the next call gets a fresh worker."""
+    folder = make_submission({"m.py": '''
+state = []
+
+def cuda_assert():
+    state.append(1)
+    raise RuntimeError("CUDA error: device-side assert triggered")
+
+def ordinary_error():
+    state.append(1)
+    raise RuntimeError("shape mismatch")
+
+def count():
+    return len(state)
+'''})
+    session = session_for(folder)
+    module = session.request({"op": "import", "module": "m"})
+    assert session.generation == 1
+    with pytest.raises(StudentException):
+        session.request({"op": "call", "target": session.request({"op": "ref", "target": module, "name": "ordinary_error"}), "args": [], "kwargs": {}, "backward": None})
+    assert session.generation == 1 and session.worker is not None
+    with pytest.raises(StudentException, match="device-side assert"):
+        session.request({"op": "call", "target": session.request({"op": "ref", "target": module, "name": "cuda_assert"}), "args": [], "kwargs": {}, "backward": None})
+    assert session.worker is None        # discarded: the next request starts a fresh one
+    session.ensure_worker()
+    assert session.generation == 2

@@ -274,6 +274,10 @@ class WorkerSession:
         except codec.CodecError as exc:
             self.discard()
             raise WorkerFailure(f"sent back a malformed reply ({exc})") from None
+        except StudentException as exc:
+            if poisons_the_process(exc):
+                self.discard()   # a CUDA error is sticky: the next test gets a fresh worker
+            raise
 
     def ensure_worker(self) -> WorkerProcess:
         """The live worker, started (and `generation` advanced) if there is none."""
@@ -321,6 +325,14 @@ class WorkerSession:
     def close(self) -> None:
         self.discard()
         shutil.rmtree(self.work_root, ignore_errors=True)
+
+
+_STICKY_ERRORS = ("device-side assert", "CUDA error", "cuDNN error", "CUBLAS_STATUS", "illegal memory access")
+
+
+def poisons_the_process(exc: StudentException) -> bool:
+    """Whether the worker is unusable after this exception (CUDA errors stay raised in the process)."""
+    return exc.is_a("RuntimeError") and any(marker in exc.message for marker in _STICKY_ERRORS)
 
 
 def collect(value: Any, kind: type) -> list:
