@@ -97,9 +97,12 @@ def tensor_mismatch(actual: Any, expected: torch.Tensor, *, atol: float | None =
         i = _index(int(nan_wrong.flatten().nonzero()[0]), tuple(a.shape))
         return (f"{int(nan_wrong.sum())} NaN value(s) where numbers were expected, first at index {i}"
                 f" (got {_num(a[i].item())}, expected {_num(e[i].item())})")
+    if equal_nan and (e_nan & ~a_nan).any():
+        i = _index(int((e_nan & ~a_nan).flatten().nonzero()[0]), tuple(a.shape))
+        return f"expected NaN at index {i} (as the reference gives), got {_num(a[i].item())}"
     both_inf = torch.isinf(a) & torch.isinf(e) & (torch.sign(a) == torch.sign(e))
     diff = torch.where(both_inf | (a_nan & e_nan), torch.zeros_like(a), (a - e).abs())
-    allowed = atol + rtol * torch.where(torch.isinf(e), torch.zeros_like(e), e.abs())
+    allowed = atol + rtol * torch.where(torch.isinf(e) | e_nan, torch.zeros_like(e), e.abs())
     bad = ~(diff <= allowed)
     if not bad.any():
         return None

@@ -134,6 +134,10 @@ class Worker:
         return "".join(traceback.format_list(frames))
 
 
+class OutputTypeError(TypeError):
+    """A result that backward cannot start from (not a tensor)."""
+
+
 def run_call(target: Any, args: list, kwargs: dict, backward: dict | None) -> Any:
     """`target(*args, **kwargs)`; with `backward`, also backpropagate and return gradients.
 
@@ -150,7 +154,8 @@ def run_call(target: Any, args: list, kwargs: dict, backward: dict | None) -> An
     value = target(*args, **kwargs)
     output = value if backward["output_index"] is None else value[backward["output_index"]]
     if not isinstance(output, torch.Tensor):
-        raise TypeError(f"expected a tensor to run backward on, got {type(output).__name__}")
+        raise OutputTypeError(f"the result must be a tensor to run backward on, got {type(output).__name__} "
+                              f"(a Python number has no gradient)")
     grad_output = backward["grad_output"]
     if grad_output is not None:
         grad_output = grad_output.to(device=output.device, dtype=output.dtype)
