@@ -1,0 +1,388 @@
+"""Hidden tests of stage `cross_entropy`: the loss, its gradients, perplexity, banned APIs.
+
+The oracle is F.cross_entropy(logits.reshape(-1, C), targets.reshape(-1), ...) in
+float64 in the grading process (it is banned only in the student's worker).
+Each known mistake is a variant of `by_hand` below, computed in float64 on the
+same inputs; its gradient comes from autograd through the same variant.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from grader.banned import expect_no_banned_apis
+from grader.checks import CheckFailure, describe, expect_close, expect_raises, expect_scalar
+from grader.remote import StudentCodeError, backward
+
+REDUCTIONS = ["mean", "sum", "none"]
+SHAPES = [(8, 5), (2, 4, 5)]   # (N, C) and (B, T, C); B, T and C all differ
+
+
+def make(shape, seed: int, ignored: int = 0, ignore_index: int = -100, scale: float = 2.0):
+    """float64 CPU logits `shape` and int64 targets `shape[:-1]`, `ignored` of them set to ignore_index."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(shape, generator=g, dtype=torch.float64) * scale
+    targets = torch.randint(shape[-1], shape[:-1], generator=g)
+    if ignore_index >= 0:   # ignore_index is a real class: keep it out of the counted targets
+        targets = torch.where(targets == ignore_index, (targets + 1) % shape[-1], targets)
+    flat = targets.view(-1)
+    flat[torch.randperm(flat.numel(), generator=g)[:ignored]] = ignore_index
+    return logits, targets
+
+
+def oracle(logits, targets, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """F.cross_entropy in float64 on the CPU, class dimension last (differentiable in logits)."""
+    C = logits.shape[-1]
+    out = F.cross_entropy(logits.cpu().double().reshape(-1, C), targets.cpu().reshape(-1),
+                          ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
+    return out.reshape(targets.shape) if reduction == "none" else out
+
+
+def by_hand(logits, targets, ignore_index=-100, reduction="mean", label_smoothing=0.0, *,
+            dim=-1, smoothing="pytorch", denominator=None, flat=False, sign=1.0,
+            mask_smoothing=True):
+    """The loss in float64, with the knobs the known mistakes turn (defaults: correct)."""
+    x = logits.cpu().double()
+    targets = targets.cpu()
+    C, eps = x.shape[-1], label_smoothing
+    logp = x - torch.logsumexp(x, dim=dim, keepdim=True)
+    keep = targets != ignore_index
+    safe = torch.where(keep, targets, torch.zeros_like(targets))
+    nll = -logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    others = -logp.masked_fill(F.one_hot(safe, C).bool(), 0.0).sum(-1)
+    mixed = {"pytorch": (1 - eps) * nll + eps * -logp.mean(-1),
+             "ignored": nll,
+             "others_c_minus_1": (1 - eps) * nll + eps / (C - 1) * others,
+             "others_over_c": (1 - eps) * nll + eps / C * others,
+             "sum_over_classes": (1 - eps) * nll + eps * -logp.sum(-1),
+             "no_one_minus": nll + eps * -logp.mean(-1)}[smoothing]
+    losses = torch.where(keep, mixed, torch.zeros_like(mixed))
+    if not mask_smoothing:
+        losses = torch.where(keep, (1 - eps) * nll, torch.zeros_like(nll)) + eps * -logp.mean(-1)
+    losses = sign * losses
+    if reduction == "none":
+        return losses.reshape(-1) if flat else losses
+    denominator = denominator or ("targets" if reduction == "mean" else "one")
+    count = {"targets": keep.sum(), "all": keep.numel(), "batch": targets.shape[0],
+             "classes": keep.sum() * C, "one": 1}[denominator]
+    return losses.sum() / count
+
+
+def mistakes_for(logits, targets, ignore_index=-100, reduction="mean", label_smoothing=0.0) -> dict:
+    """description -> the knobs of `by_hand` that reproduce it, for the mistakes these inputs can show."""
+    found = {"the loss is not negated (cross-entropy is -log p of the target)": {"sign": -1.0},
+             "the log-softmax is taken over the wrong dimension: the class dimension is the LAST one":
+                 {"dim": 1 if logits.dim() == 3 else 0}}
+    ignored = bool((targets == ignore_index).any())
+    if ignored and ignore_index != -100:
+        found["the ignore_index argument is not used (only -100 is ignored)"] = {"ignore_index": -100}
+    if reduction == "mean":
+        found |= {"the loss is summed instead of averaged (reduction='mean')": {"denominator": "one"},
+                  "the loss is also divided by the number of classes C": {"denominator": "classes"}}
+        if ignored:
+            found["the mean is taken over all positions, ignored ones included (divide by the "
+                  "number of non-ignored targets)"] = {"denominator": "all"}
+        if logits.dim() == 3:
+            found["the mean divides by the batch size B instead of the number of targets"] = \
+                {"denominator": "batch"}
+    if reduction == "sum":
+        found["reduction='sum' averages instead of summing"] = {"denominator": "targets"}
+    if reduction == "none" and logits.dim() == 3:
+        found["reduction='none' returns a flat (B*T,) tensor; it must have the shape of targets, "
+              "(B, T)"] = {"flat": True}
+    if label_smoothing:
+        found |= {
+            "label_smoothing is ignored": {"smoothing": "ignored"},
+            "label smoothing gives eps/(C-1) to each other class; PyTorch mixes in eps/C for "
+            "EVERY class, the target included: (1-eps)*nll + eps*mean over classes of -log p":
+                {"smoothing": "others_c_minus_1"},
+            "the smoothing term leaves out the target class (eps * the MEAN over all C classes "
+            "of -log p, the target included)": {"smoothing": "others_over_c"},
+            "the smoothing term sums -log p over the classes instead of averaging (divide by C)":
+                {"smoothing": "sum_over_classes"},
+            "the nll term is not multiplied by (1 - label_smoothing)": {"smoothing": "no_one_minus"}}
+        if ignored:
+            found["the smoothing term is not zeroed for ignored targets"] = {"mask_smoothing": False}
+    return found
+
+
+def like(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return value.detach().to(dtype=x.dtype, device=x.device)
+
+
+def describe_call(x, targets, kwargs) -> str:
+    args = "".join(f", {k}={v!r}" for k, v in kwargs.items())
+    return (f"cross_entropy(logits {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}, "
+            f"targets {tuple(targets.shape)}{args})")
+
+
+def check_loss(student, x, targets, what=None, **kwargs) -> None:
+    """The student's loss for (x, targets, **kwargs) must match F.cross_entropy's."""
+    what = what or describe_call(x, targets, kwargs)
+    got = student.cross_entropy.cross_entropy(x, targets, **kwargs)
+    if isinstance(got, (int, float)):
+        raise CheckFailure(f"{what}: looks like the loss is returned as a Python number (.item() or "
+                           f"float()); return a tensor so that gradients can flow back")
+    options = {k: kwargs[k] for k in ("ignore_index", "reduction", "label_smoothing") if k in kwargs}
+    mistakes = {d: (lambda knobs=knobs: like(by_hand(x, targets, **(options | knobs)), x))
+                for d, knobs in mistakes_for(x, targets, **options).items()}
+    expect_close(got, like(oracle(x, targets, **options), x), what=what, mistakes=mistakes)
+
+
+def check_gradient(student, x64, targets, dtype, device, grad_seed: int, **kwargs) -> torch.Tensor:
+    """The gradient of the student's loss w.r.t. the logits must match F.cross_entropy's; returns it."""
+    what = "the gradient of " + describe_call(x64.to(dtype), targets, kwargs)
+    options = {k: kwargs[k] for k in ("ignore_index", "reduction", "label_smoothing") if k in kwargs}
+    shape = targets.shape if options.get("reduction") == "none" else ()
+    grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
+
+    def grad_of(**knobs):
+        leaf = x64.detach().clone().requires_grad_()
+        loss = by_hand(leaf, targets, **(options | knobs)) if knobs else oracle(leaf, targets, **options)
+        return torch.autograd.grad(loss, leaf, grad_out.reshape(loss.shape))[0]
+
+    x = x64.detach().to(dtype=dtype, device=device).requires_grad_()
+    try:
+        result = backward(student.cross_entropy.cross_entropy, x, targets.to(device),
+                          grad_output=grad_out.to(dtype=dtype, device=device), **kwargs)
+    except StudentCodeError as exc:
+        text = str(exc)
+        if "expected a tensor to run backward on" in text:
+            raise CheckFailure(f"{what}: looks like the loss is returned as a Python number; it "
+                               f"must be a tensor for gradients to flow\n({text})") from None
+        if "Mismatch in shape" in text:
+            raise CheckFailure(f"{what}: the loss has the wrong shape: backward with a grad_output "
+                               f"shaped {tuple(shape)} failed\n({text})") from None
+        if "does not require grad" in text:
+            raise CheckFailure(f"{what}: looks like the loss is detached from the graph (.item(), "
+                               f"torch.tensor(...) or .detach()): no gradient reaches the logits\n"
+                               f"({text})") from None
+        raise
+    grad = result.input_grads[0] if result.input_grads else None
+    if grad is None:
+        raise CheckFailure(f"{what}: no gradient reached the logits (is the loss detached?)")
+    mistakes = {d: (lambda knobs=knobs: like(grad_of(**knobs), x))
+                for d, knobs in mistakes_for(x64, targets, **options).items() if "flat" not in knobs}
+    expect_close(grad, like(grad_of(), x), what=what, mistakes=mistakes)
+    return grad
+
+
+def expect_close_large(got, expected: torch.Tensor, *, what: str, mistakes: dict, hint: str,
+                       atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    """expect_close, where a known mistake may produce inf or NaN: it is recognised by its
+    pattern of NaNs and infinities (the values elsewhere must agree too)."""
+    try:
+        expect_close(got, expected, what=what, atol=atol, rtol=rtol)
+    except CheckFailure as failure:
+        if not isinstance(got, torch.Tensor):
+            raise
+        g = got.detach().cpu().double()
+        for description, produce in mistakes.items():
+            b = produce().detach().cpu().double()
+            if (g.shape == b.shape and torch.equal(torch.isnan(g), torch.isnan(b))
+                    and torch.allclose(g[~torch.isnan(g)], b[~torch.isnan(b)], rtol=1e-3, atol=1e-3)):
+                raise CheckFailure(f"{what}: looks like {description}\n({failure})") from None
+        if not torch.isfinite(g).all():
+            raise CheckFailure(f"{failure}\n({hint})") from None
+        raise
+
+
+# ---- values -------------------------------------------------------------------
+
+@pytest.mark.points(2)
+def test_hand_example(student, device):
+    """cross_entropy of the handout's three rows, one target ignored (default arguments)"""
+    x = torch.tensor([[2.0, 1.0, 0.1], [0.0, 0.0, 0.0], [1.0, 2.0, 3.0]], device=device)
+    targets = torch.tensor([0, 1, -100], device=device)
+    check_loss(student, x, targets, what="cross_entropy(handout logits, targets [0, 1, -100])")
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_reduction(student, device, reduction):
+    """cross_entropy values with reduction='{reduction}', (N, C) and (B, T, C), float32 and float64"""
+    for seed, shape in enumerate(SHAPES):
+        for dtype in (torch.float32, torch.float64):
+            x, targets = make(shape, seed)
+            check_loss(student, x.to(dtype=dtype, device=device), targets.to(device), reduction=reduction)
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_ignore_index(student, device, reduction):
+    """cross_entropy with reduction='{reduction}' skips targets equal to ignore_index"""
+    for seed, shape in enumerate(SHAPES):
+        x, targets = make(shape, 10 + seed, ignored=3)   # the default ignore_index, -100
+        check_loss(student, x.float().to(device), targets.to(device), reduction=reduction)
+        x, targets = make(shape, 20 + seed, ignored=2, ignore_index=1)   # a real class id
+        check_loss(student, x.float().to(device), targets.to(device), ignore_index=1, reduction=reduction)
+
+
+def test_all_ignored(student, device):
+    """cross_entropy with every target ignored: NaN for 'mean' (0 / 0), 0 for 'sum', zeros for 'none'"""
+    x, targets = make((2, 3, 4), 30, ignored=6)
+    x, targets = x.float().to(device), targets.to(device)
+    for reduction in ("sum", "none"):
+        check_loss(student, x, targets, reduction=reduction)
+    what = describe_call(x, targets, {"reduction": "mean"})
+    got = student.cross_entropy.cross_entropy(x, targets, reduction="mean")
+    if not isinstance(got, torch.Tensor) or got.shape != () or got.dtype != x.dtype or got.device != x.device:
+        raise CheckFailure(f"{what}: expected a 0-dim float32 tensor on {device} (NaN), got {describe(got)}")
+    if not torch.isnan(got):
+        hint = ("looks like the mean is special-cased when no target is counted; " if got.item() == 0 else "")
+        raise CheckFailure(f"{what}: {hint}expected NaN, as F.cross_entropy gives (0 / 0: no target is "
+                           f"counted), got {got.item():.6g}")
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_label_smoothing(student, device, reduction):
+    """cross_entropy with label_smoothing 0.1 and 0.3, reduction='{reduction}'"""
+    for seed, (shape, eps) in enumerate([(SHAPES[0], 0.1), (SHAPES[1], 0.3)]):
+        for dtype in (torch.float32, torch.float64):
+            x, targets = make(shape, 40 + seed)
+            check_loss(student, x.to(dtype=dtype, device=device), targets.to(device),
+                       reduction=reduction, label_smoothing=eps)
+
+
+@pytest.mark.points(2)
+def test_label_smoothing_with_ignore(student, device):
+    """cross_entropy with label_smoothing 0.2 and ignored targets (mean, sum and none)"""
+    x, targets = make(SHAPES[1], 50, ignored=3)
+    for reduction in REDUCTIONS:
+        check_loss(student, x.float().to(device), targets.to(device), reduction=reduction, label_smoothing=0.2)
+    x, targets = make(SHAPES[0], 51, ignored=2, ignore_index=0)
+    check_loss(student, x.float().to(device), targets.to(device), ignore_index=0, label_smoothing=0.2)
+
+
+@pytest.mark.points(2)
+def test_large_logits(student, device):
+    """cross_entropy is finite and correct for float32 logits as large as 1e4"""
+    # Offset cases first: they tell "no max subtraction" from "log(softmax(x))", which both give
+    # an infinite mean loss for N(0, 1e4) logits.
+    cases = {"1e4 + N(0, 1)": (1e4, 1.0), "-1e4 + N(0, 1)": (-1e4, 1.0), "N(0, 1e4)": (0.0, 1e4)}
+    for seed, (name, (offset, scale)) in enumerate(cases.items()):
+        x, targets = make((2, 3, 6), 60 + seed, scale=scale)
+        x = (x + offset).float().to(device)
+        for reduction in ("none", "mean"):
+            what = describe_call(x, targets, {"reduction": reduction}) + f" with logits {name}"
+            got = student.cross_entropy.cross_entropy(x, targets.to(device), reduction=reduction)
+            naive = lambda: x.exp().sum(-1).log() - x.gather(-1, targets.to(device).unsqueeze(-1)).squeeze(-1)  # noqa: E731
+            via_softmax = lambda: -((x - x.amax(-1, keepdim=True)).exp() / (x - x.amax(-1, keepdim=True)).exp()  # noqa: E731
+                                    .sum(-1, keepdim=True)).log().gather(-1, targets.to(device).unsqueeze(-1)).squeeze(-1)
+            reduce = (lambda v: v.mean()) if reduction == "mean" else (lambda v: v)  # noqa: E731
+            expect_close_large(got, like(oracle(x, targets, reduction=reduction), x), what=what, mistakes={
+                "the loss uses log(softmax(x)): probabilities that underflow to 0 give an infinite "
+                "loss (use log_softmax = x - max - log(sum(exp(x - max))))": lambda: reduce(via_softmax()),
+                "the max is not subtracted before exp: exp overflows to inf for large logits "
+                "(subtract the max logit of each row first)": lambda: reduce(naive())},
+                hint="the loss is not finite: subtract the max logit of each row before exp",
+                # honest float32 drift: x - (max + log(...)) rounds to a few ulps of |max|
+                atol=1e-5 + 8 * torch.finfo(torch.float32).eps * x.abs().max().item())
+
+
+def test_rejects_unknown_reduction(student, device):
+    """cross_entropy raises ValueError for reduction='avg'"""
+    x, targets = make((3, 4), 70)
+    with expect_raises("ValueError", what="cross_entropy(logits, targets, reduction='avg')"):
+        student.cross_entropy.cross_entropy(x.float().to(device), targets.to(device), reduction="avg")
+
+
+# ---- gradients ----------------------------------------------------------------
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_gradients(student, device, reduction):
+    """cross_entropy gradients w.r.t. the logits with reduction='{reduction}' (ignore_index, label_smoothing)"""
+    cases = [(SHAPES[0], {}, 0), (SHAPES[1], {}, 3), (SHAPES[1], {"label_smoothing": 0.1}, 0),
+             (SHAPES[0], {"label_smoothing": 0.2}, 2)]
+    for seed, (shape, extra, ignored) in enumerate(cases):
+        x64, targets = make(shape, 80 + seed, ignored=ignored)
+        for dtype in (torch.float32, torch.float64):
+            check_gradient(student, x64, targets, dtype, device, grad_seed=90 + seed,
+                           reduction=reduction, **extra)
+
+
+@pytest.mark.points(2)
+def test_gradcheck_float64(student, device):
+    """cross_entropy passes a float64 gradcheck (its gradients vs PyTorch's and vs central differences)
+
+    What gradcheck checks, done across the worker boundary: for reduction='none' with an ignored
+    target and label_smoothing 0.1, the vector-Jacobian products from backward for 3 random
+    grad_outputs must equal F.cross_entropy's at float64 tolerance, and must agree with central
+    finite differences (h = 1e-6) of the student's own forward along 4 random directions."""
+    x64, targets = make((6, 5), 100, ignored=1)
+    kwargs = {"reduction": "none", "label_smoothing": 0.1}
+    grads = []
+    for k in range(3):   # check_gradient draws grad_output v from the seed, as here
+        grad = check_gradient(student, x64, targets, torch.float64, device, grad_seed=110 + k, **kwargs)
+        v = torch.randn(targets.shape, generator=torch.Generator().manual_seed(110 + k), dtype=torch.float64)
+        grads.append((v, grad.detach().cpu().double()))
+    # Central differences of the student's forward along 4 random directions u, in one call:
+    # the rows are independent, so x + h*u and x - h*u for every u are stacked as more rows.
+    h, g = 1e-6, torch.Generator().manual_seed(120)
+    directions = torch.randn((4, *x64.shape), generator=g, dtype=torch.float64)
+    stacked = torch.cat([x64 + sign * h * u for u in directions for sign in (1, -1)])
+    values = student.cross_entropy.cross_entropy(stacked.to(device), targets.repeat(8).to(device), **kwargs)
+    if not isinstance(values, torch.Tensor) or values.numel() != 8 * targets.numel():
+        raise CheckFailure("cross_entropy(logits (48, 5) float64, targets (48,), reduction='none') "
+                           "must return 48 losses")
+    values = values.detach().cpu().double().reshape(4, 2, -1)
+    jvp = (values[:, 0] - values[:, 1]) / (2 * h)     # (4, N): J u for each direction u
+    for k, (v, grad) in enumerate(grads):
+        numeric, analytic = jvp @ v, (grad * directions).sum(dim=(1, 2))
+        expect_close(analytic, numeric, atol=1e-6, rtol=1e-5, check_device=False,
+                     what=f"the gradient of cross_entropy(...) dotted with 4 random directions "
+                          f"(grad_output {k}) against central differences of its own values")
+
+
+# ---- perplexity ---------------------------------------------------------------
+
+PERPLEXITY_MISTAKES = lambda loss: {  # noqa: E731
+    "perplexity uses 2 ** loss; with natural-log losses it is exp(loss) = e ** loss": 2.0 ** loss,
+    "perplexity uses 10 ** loss; with natural-log losses it is exp(loss)": 10.0 ** loss,
+    "perplexity is exp(-loss); it is exp(+loss)": math.exp(-loss),
+    "perplexity returns the loss itself; it is exp(loss)": loss,
+}
+
+
+@pytest.mark.points(2)
+def test_perplexity_values(student, device):
+    """perplexity is exp(mean_loss) for numbers and one-element tensors (float32 and float64)"""
+    for loss in (0.0, 1.5, math.log(27)):
+        expect_scalar(student.cross_entropy.perplexity(loss), math.exp(loss), rtol=1e-6,
+                      what=f"perplexity({loss:.6g})", mistakes=PERPLEXITY_MISTAKES(loss))
+    for dtype in (torch.float32, torch.float64):
+        loss = torch.tensor(2.25, dtype=dtype, device=device)
+        expect_scalar(student.cross_entropy.perplexity(loss), math.exp(2.25), rtol=1e-6,
+                      what=f"perplexity(torch.tensor(2.25, dtype={dtype}))", mistakes=PERPLEXITY_MISTAKES(2.25))
+
+
+def test_perplexity_is_float(student, device):
+    """perplexity returns a Python float, also for a tensor argument"""
+    for arg, text in ((1.5, "1.5"), (torch.tensor(1.5, device=device), "torch.tensor(1.5)")):
+        value = student.cross_entropy.perplexity(arg)
+        if not isinstance(value, float):
+            raise CheckFailure(f"perplexity({text}) returned a {type(value).__name__}; return a Python "
+                               f"float (math.exp(float(mean_loss)), or .item() of a tensor)")
+
+
+# ---- banned APIs --------------------------------------------------------------
+
+@pytest.mark.points(2)
+def test_no_banned_apis(student, submission_dir, reference):
+    """cross_entropy.py and its helper modules call none of the banned APIs"""
+    expect_no_banned_apis(submission_dir, "cross_entropy", reference.BANNED_APIS)
+    # No credit for an empty file: at least one function must be written.
+    x, targets = torch.zeros((2, 3)), torch.zeros(2, dtype=torch.int64)
+    calls = {"softmax": (x,), "log_softmax": (x,), "cross_entropy": (x, targets), "perplexity": (1.0,)}
+    for name, args in calls.items():
+        try:
+            getattr(student.cross_entropy, name)(*args)
+            return
+        except StudentCodeError as exc:
+            if not exc.is_a("NotImplementedError"):
+                return   # written, if not right: the other tests say what is wrong
+    raise CheckFailure("no function of cross_entropy.py is implemented yet")

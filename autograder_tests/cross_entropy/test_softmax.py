@@ -1,0 +1,203 @@
+"""Hidden tests of stage `cross_entropy`: softmax and log_softmax (handout 03-cross_entropy.md).
+
+The expected values come from torch.softmax / torch.log_softmax in float64 in the
+grading process (they are banned only in the student's worker). Each known
+mistake is written next to the test that recognises it, as what the buggy code
+would return for the same inputs.
+"""
+
+import pytest
+import torch
+
+from grader.checks import CheckFailure, expect_close
+from grader.remote import StudentCodeError, backward
+
+FUNCTIONS = ["softmax", "log_softmax"]
+
+# (shape, dim); dim None means "call with the default dim" (the last one).
+CASES = {
+    "(4, 6), default dim": ((4, 6), None),
+    "(5, 3), dim=0": ((5, 3), 0),
+    "(2, 4, 3), dim=1": ((2, 4, 3), 1),
+}
+
+
+def random_logits(shape, seed: int, scale: float = 2.0) -> torch.Tensor:
+    """float64 CPU logits; tests cast them to the dtype and device under test."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale
+
+
+def exact(fn: str, x: torch.Tensor, dim: int) -> torch.Tensor:
+    """The float64 CPU answer for the values of `x` (whatever its dtype and device)."""
+    x = x.detach().cpu().double()
+    return torch.softmax(x, dim) if fn == "softmax" else torch.log_softmax(x, dim)
+
+
+def like(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """`value` in the dtype and on the device of `x`, as the student's result must be."""
+    return value.to(dtype=x.dtype, device=x.device)
+
+
+def call(student, fn: str, x: torch.Tensor, dim: int | None):
+    f = getattr(student.cross_entropy, fn)
+    return f(x) if dim is None else f(x, dim)
+
+
+def call_text(fn: str, shape, dtype: torch.dtype, dim: int | None, extra: str = "") -> str:
+    args = f"{extra}logits {tuple(shape)} {str(dtype).removeprefix('torch.')}"
+    return f"{fn}({args})" if dim is None else f"{fn}({args}, dim={dim})"
+
+
+def expect_close_large(got, expected: torch.Tensor, *, what: str, mistakes: dict, hint: str,
+                       atol: float = 1e-5, rtol: float = 1e-4) -> None:
+    """expect_close, where a known mistake may produce inf or NaN: it is recognised by its
+    pattern of NaNs and infinities (the values elsewhere must agree too)."""
+    try:
+        expect_close(got, expected, what=what, atol=atol, rtol=rtol)
+    except CheckFailure as failure:
+        if not isinstance(got, torch.Tensor):
+            raise
+        g = got.detach().cpu().double()
+        for description, produce in mistakes.items():
+            b = produce().detach().cpu().double()
+            if (g.shape == b.shape and torch.equal(torch.isnan(g), torch.isnan(b))
+                    and torch.allclose(g[~torch.isnan(g)], b[~torch.isnan(b)], rtol=1e-3, atol=1e-3)):
+                raise CheckFailure(f"{what}: looks like {description}\n({failure})") from None
+        if not torch.isfinite(g).all():
+            raise CheckFailure(f"{failure}\n({hint})") from None
+        raise
+
+
+# ---- known mistakes, as what they would produce -------------------------------
+
+def value_mistakes(fn: str, x: torch.Tensor, dim: int) -> dict:
+    x64 = x.detach().cpu().double()
+    other = "log_softmax" if fn == "softmax" else "softmax"
+    found = {}
+    if dim not in (-1, x.dim() - 1):
+        found[f"the {fn} is taken over the last dimension instead of over `dim`"] = \
+            lambda: like(exact(fn, x64, -1), x)
+    found[f"the {fn} is normalised over the whole tensor instead of along `dim`"] = \
+        lambda: like(exact(fn, x64.flatten(), 0).view_as(x64), x)
+    found[f"{fn} returns the {other} instead"] = lambda: like(exact(other, x64, dim), x)
+    if fn == "log_softmax":
+        m = x64.amax(dim, keepdim=True)
+        found["the max is subtracted inside the exp but not added back: log_softmax(x) = "
+              "x - max - log(sum(exp(x - max)))"] = \
+            lambda: like(x64 - (x64 - m).exp().sum(dim, keepdim=True).log(), x)
+        found["the log-sum-exp is not subtracted: log_softmax(x) = x - max - log(sum(exp(x - max)))"] = \
+            lambda: like(x64 - m, x)
+    else:
+        found["the exponentials are not divided by their sum along `dim`"] = \
+            lambda: like((x64 - x64.amax(dim, keepdim=True)).exp(), x)
+    return found
+
+
+def overflow_mistakes(fn: str, x: torch.Tensor, dim: int) -> dict:
+    """What float32 code without the max-subtraction trick (or via log(softmax)) returns."""
+    stable = (x - x.amax(dim, keepdim=True)).exp()
+    stable = stable / stable.sum(dim, keepdim=True)
+    if fn == "softmax":
+        return {"the max is not subtracted before exp: exp overflows to inf for large logits "
+                "and inf / inf is NaN (subtract the max along `dim` first)":
+                lambda: x.exp() / x.exp().sum(dim, keepdim=True)}
+    return {"the max is not subtracted before exp: exp overflows to inf for large logits "
+            "(compute x - max - log(sum(exp(x - max))))":
+            lambda: x - x.exp().sum(dim, keepdim=True).log(),
+            "log_softmax is computed as log(softmax(x)): probabilities that underflow to 0 "
+            "give -inf (compute x - max - log(sum(exp(x - max))) directly)":
+            lambda: stable.log()}
+
+
+# ---- values -------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("fn", FUNCTIONS)
+def test_values(student, device, fn, case):
+    """{fn} values for logits {case}, float32 and float64"""
+    shape, dim = CASES[case]
+    for seed, dtype in enumerate((torch.float32, torch.float64)):
+        x = random_logits(shape, seed).to(dtype=dtype, device=device)
+        d = -1 if dim is None else dim
+        expect_close(call(student, fn, x, dim), like(exact(fn, x, d), x),
+                     what=call_text(fn, shape, dtype, dim), mistakes=value_mistakes(fn, x, d))
+
+
+def test_softmax_sums_to_one(student, device):
+    """softmax is in [0, 1] and sums to 1 along dim (dim=-1 and dim=0 of (3, 4, 5))"""
+    x = random_logits((3, 4, 5), 7, scale=5.0).to(dtype=torch.float32, device=device)
+    for dim in (-1, 0):
+        p = student.cross_entropy.softmax(x, dim)
+        what = call_text("softmax", x.shape, x.dtype, dim)
+        if not isinstance(p, torch.Tensor) or p.shape != x.shape:
+            raise CheckFailure(f"{what}: expected a tensor of shape {tuple(x.shape)}, got "
+                               + (f"shape {tuple(p.shape)}" if isinstance(p, torch.Tensor) else type(p).__name__))
+        if not ((p >= 0) & (p <= 1)).all():
+            raise CheckFailure(f"{what}: some probabilities are not in [0, 1] (or are NaN)")
+        sums = p.double().sum(dim)
+        expect_close(sums, torch.ones_like(sums), atol=1e-5, rtol=0,
+                     what=f"the sums of {what} along dim={dim}", mistakes={
+                         "the exponentials are not divided by their sum along `dim`":
+                             lambda: (x.double() - x.double().amax(dim, keepdim=True)).exp().sum(dim).to(device),
+                     })
+
+
+# ---- large logits: the max-subtraction trick ----------------------------------
+
+# "1e4 + N(0, 1)" catches a missing max subtraction only; "uniform in [-80, 80]" catches
+# log(softmax(x)) only (no float32 overflow there, but probabilities below 1e-45); N(0, 1e4) both.
+LARGE = {
+    "1e4 + N(0, 1)": lambda g: 1e4 + torch.randn((4, 6), generator=g, dtype=torch.float64),
+    "-1e4 + N(0, 1)": lambda g: -1e4 + torch.randn((4, 6), generator=g, dtype=torch.float64),
+    "uniform in [-80, 80]": lambda g: torch.rand((4, 6), generator=g, dtype=torch.float64) * 160 - 80,
+    "N(0, 1e4)": lambda g: torch.randn((4, 6), generator=g, dtype=torch.float64) * 1e4,
+}
+
+
+def large_tolerance(fn: str, x: torch.Tensor) -> dict:
+    """Honest float32 drift grows with the logits: x - (max + log(sum(exp(x - max)))), a correct
+    formulation, rounds max + log(...) to a few ulps of |max|, about 1e-3 at 1e4. That error is
+    absolute for log-probabilities and relative for probabilities."""
+    drift = 8 * torch.finfo(torch.float32).eps * x.abs().max().item()
+    return {"atol": 1e-5 + drift, "rtol": 1e-4} if fn == "log_softmax" else {"atol": 1e-5, "rtol": 1e-4 + drift}
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("fn", FUNCTIONS)
+def test_large_logits(student, device, fn):
+    """{fn} is finite and correct for float32 logits as large as 1e4"""
+    for seed, (name, make) in enumerate(LARGE.items()):
+        x = make(torch.Generator().manual_seed(100 + seed)).to(dtype=torch.float32, device=device)
+        for dim in (-1, 0):
+            what = call_text(fn, x.shape, x.dtype, dim) + f" with logits {name}"
+            expect_close_large(call(student, fn, x, dim), like(exact(fn, x, dim), x), what=what,
+                               mistakes=overflow_mistakes(fn, x, dim), **large_tolerance(fn, x),
+                               hint="the result is not finite: subtract the max along `dim` before exp")
+
+
+# ---- gradients ----------------------------------------------------------------
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("fn", FUNCTIONS)
+def test_gradients(student, device, fn):
+    """{fn} gradients match autograd's (float32 and float64, dim=-1 and dim=1)"""
+    f = getattr(student.cross_entropy, fn)
+    for seed, (dtype, shape, dim) in enumerate([(torch.float32, (5, 7), -1), (torch.float64, (5, 7), -1),
+                                                (torch.float32, (2, 4, 3), 1),
+                                                (torch.float64, (2, 4, 3), 1)]):
+        x64 = random_logits(shape, 20 + seed).requires_grad_()
+        grad_out = random_logits(shape, 40 + seed, scale=1.0)
+        oracle = torch.softmax if fn == "softmax" else torch.log_softmax
+        expected, = torch.autograd.grad(oracle(x64, dim), x64, grad_out)
+        x = x64.detach().to(dtype=dtype, device=device).requires_grad_()
+        what = "the gradient of " + call_text(fn, shape, dtype, dim)
+        try:
+            result = backward(f, x, dim, grad_output=grad_out.to(dtype=dtype, device=device))
+        except StudentCodeError as exc:
+            if "does not require grad" in str(exc):
+                raise CheckFailure(f"{what}: looks like the result is detached from the graph "
+                                   f"(no gradient reaches the logits)\n({exc})") from None
+            raise
+        if result.input_grads[0] is None:
+            raise CheckFailure(f"{what}: no gradient reached the logits (is the result detached?)")
+        expect_close(result.input_grads[0], like(expected, x), what=what)
