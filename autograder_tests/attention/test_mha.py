@@ -1,0 +1,246 @@
+"""Hidden tests of stage `attention`: MultiHeadAttention.
+
+One set of weights is loaded into the student's module and into the reference's
+(the contract fixes the state-dict keys qkv.weight, qkv.bias, out.weight,
+out.bias), and outputs and gradients are compared with the reference run in
+float64. Each known mistake is a variant of `mha` below, on the same weights.
+"""
+
+import math
+
+import pytest
+import torch
+
+from grader.checks import CheckFailure, expect_close, expect_equal, expect_raises
+from grader.remote import backward
+
+
+def randn(*shape, seed: int, scale: float = 1.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).float()
+
+
+def weights(d_model: int, bias: bool, seed: int) -> dict:
+    """A float32 state dict; weights of std 0.4 give scores of a few units, so wrong scales show."""
+    sd = {"qkv.weight": randn(3 * d_model, d_model, seed=seed, scale=0.4),
+          "out.weight": randn(d_model, d_model, seed=seed + 1, scale=0.4)}
+    if bias:
+        sd |= {"qkv.bias": randn(3 * d_model, seed=seed + 2, scale=0.2),
+               "out.bias": randn(d_model, seed=seed + 3, scale=0.2)}
+    return {name: sd[name] for name in ("qkv.weight", "qkv.bias", "out.weight", "out.bias") if name in sd}
+
+
+def student_mha(student, d_model, n_heads, sd, device, bias=True, dropout=0.0, eval_mode=True):
+    module = student.attention.MultiHeadAttention(d_model, n_heads, bias=bias, dropout=dropout)
+    module.load_state_dict(sd)
+    module.to(device)
+    if eval_mode:
+        module.eval()
+    return module
+
+
+# ---- the reference computation and its known mistakes (float64, CPU) ------------------------
+
+def mha(sd, x, n_heads, causal, *, order="qkv", split="ok", merge="ok", scale=None, project=True):
+    x = x.detach().cpu().double()
+    B, T, C = x.shape
+    H, D = n_heads, C // n_heads
+    h = x @ sd["qkv.weight"].double().T
+    if "qkv.bias" in sd:
+        h = h + sd["qkv.bias"].double()
+    thirds = dict(zip("qkv", h.split(C, dim=-1)))
+    q, k, v = (thirds[name] for name in order)
+    to_heads = {"ok": lambda t: t.reshape(B, T, H, D).transpose(1, 2),
+                "d_head first": lambda t: t.reshape(B, T, D, H).permute(0, 3, 1, 2),
+                "no transpose": lambda t: t.reshape(B, H, T, D)}[split]
+    q, k, v = to_heads(q), to_heads(k), to_heads(v)
+    scores = q @ k.transpose(-2, -1) * (1 / math.sqrt(D) if scale is None else scale)
+    if causal:
+        scores = scores.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), -math.inf)
+    w = (scores - scores.amax(-1, keepdim=True)).exp()
+    y = (w / w.sum(-1, keepdim=True)) @ v                                      # (B, H, T, D)
+    y = {"ok": lambda: y.transpose(1, 2).reshape(B, T, C),
+         "no transpose": lambda: y.reshape(B, T, C),
+         "inverse": lambda: y.permute(0, 2, 3, 1).reshape(B, T, C)}[merge]()
+    if not project:
+        return y
+    y = y @ sd["out.weight"].double().T
+    return y + sd["out.bias"].double() if "out.bias" in sd else y
+
+
+def mha_mistakes(sd, x, n_heads, causal) -> dict:
+    C = x.shape[-1]
+    cases = {
+        "the heads are split the wrong way: view (B, T, n_heads, d_head), then transpose to "
+        "(B, n_heads, T, d_head) (it was viewed (B, T, d_head, n_heads))": dict(split="d_head first"),
+        "the heads are split the wrong way: view (B, T, n_heads, d_head), then transpose to "
+        "(B, n_heads, T, d_head) (it was viewed (B, T, d_head, n_heads), merged back the same way)":
+            dict(split="d_head first", merge="inverse"),
+        "the heads are split the wrong way: view (B, T, n_heads, d_head), THEN transpose; a direct "
+        "view as (B, n_heads, T, d_head) mixes positions": dict(split="no transpose"),
+        "the heads are split the wrong way: view (B, T, n_heads, d_head), THEN transpose; a direct "
+        "view as (B, n_heads, T, d_head) mixes positions (merged back the same way)":
+            dict(split="no transpose", merge="no transpose"),
+        "the heads are merged without moving them back: (B, n_heads, T, d_head) must be transposed to "
+        "(B, T, n_heads, d_head) before the view to (B, T, d_model)": dict(merge="no transpose"),
+        "the scores are scaled by 1/sqrt(d_model); each head scales by 1/sqrt(d_head)":
+            dict(scale=1 / math.sqrt(C)),
+        "the scores are not scaled by 1/sqrt(d_head)": dict(scale=1.0),
+        f"the causal flag is ignored (causal={causal} must {'' if causal else 'not '}mask the future)":
+            dict(causal=not causal),
+        "the output projection `out` is not applied": dict(project=False),
+    }
+    for order in ("kqv", "qvk", "vqk", "kvq", "vkq"):
+        cases[f"q, k and v are taken from the wrong thirds of qkv(x) (in the order {' | '.join(order)}); "
+              "the contract's order is q | k | v"] = dict(order=order)
+    found = {}
+    for description, change in cases.items():
+        args = dict(causal=causal) | change
+        found[description] = (lambda a=args: mha(sd, x, n_heads, **a))
+    return found
+
+
+def expected_and_mistakes(sd, x, n_heads, causal, device):
+    cast = dict(dtype=torch.float32, device=device)
+    return (mha(sd, x, n_heads, causal).to(**cast),
+            {d: (lambda f=f: f().to(**cast)) for d, f in mha_mistakes(sd, x, n_heads, causal).items()})
+
+
+# ---- construction and state dict -------------------------------------------------------------
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("bias", [True, False])
+def test_state_dict_keys(student, bias):
+    """MultiHeadAttention(16, 4, bias={bias}) has the contract's state-dict keys and shapes"""
+    module = student.attention.MultiHeadAttention(16, 4, bias=bias)
+    sd = module.state_dict()
+    expected = {name: list(t.shape) for name, t in weights(16, bias, seed=1).items()}
+    got = {str(name): list(getattr(t, "shape", ())) for name, t in dict(sd).items()}
+    expect_equal(got, expected, what=f"MultiHeadAttention(16, 4, bias={bias}).state_dict() keys and shapes "
+                 "(qkv = nn.Linear(d_model, 3 * d_model, bias), out = nn.Linear(d_model, d_model, bias))")
+
+
+@pytest.mark.parametrize("d_model, n_heads", [(10, 3), (16, 5)])
+def test_heads_must_divide(student, d_model, n_heads):
+    """MultiHeadAttention({d_model}, {n_heads}) raises ValueError (d_model % n_heads != 0)"""
+    with expect_raises("ValueError", what=f"MultiHeadAttention({d_model}, {n_heads})"):
+        student.attention.MultiHeadAttention(d_model, n_heads)
+
+
+# ---- outputs ---------------------------------------------------------------------------------
+
+CONFIGS = {"d_model=16, 4 heads": (16, 4, True), "d_model=12, 3 heads, no bias": (12, 3, False),
+           "d_model=8, 1 head": (8, 1, True), "d_model=16, 8 heads": (16, 8, True)}
+
+
+@pytest.mark.points(3)
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_mha_output(student, device, config, causal):
+    """MultiHeadAttention({config}) output on x (2, 6, d_model), causal={causal}"""
+    d_model, n_heads, bias = CONFIGS[config]
+    sd = weights(d_model, bias, seed=2)
+    x = randn(2, 6, d_model, seed=3).to(device)
+    module = student_mha(student, d_model, n_heads, sd, device, bias=bias)
+    expected, mistakes = expected_and_mistakes(sd, x, n_heads, causal, device)
+    expect_close(module(x, causal=causal), expected, mistakes=mistakes,
+                 what=f"MultiHeadAttention({d_model}, {n_heads}, bias={bias})(x, causal={causal})")
+
+
+def test_mha_default_causal_train_mode(student, device):
+    """MultiHeadAttention is causal by default, and with dropout 0 training mode changes nothing"""
+    sd = weights(16, True, seed=4)
+    x = randn(3, 5, 16, seed=5).to(device)
+    module = student_mha(student, 16, 4, sd, device, eval_mode=False)
+    expected, mistakes = expected_and_mistakes(sd, x, 4, True, device)
+    expect_close(module(x), expected, mistakes=mistakes, what="MultiHeadAttention(16, 4)(x) in training mode")
+
+
+@pytest.mark.points(2)
+def test_mha_is_causal(student, device):
+    """with causal=True, changing later tokens never changes earlier outputs"""
+    sd = weights(16, True, seed=6)
+    x = randn(2, 8, 16, seed=7).to(device)
+    x2 = x.clone()
+    x2[:, 5:] = randn(2, 3, 16, seed=8).to(device)
+    module = student_mha(student, 16, 4, sd, device)
+    first, second = module(x, causal=True), module(x2, causal=True)
+    changed = (first[:, :5] - second[:, :5]).abs().amax(dim=(0, 2))
+    if (changed > 0).any():
+        t = int(changed.argmax())
+        raise CheckFailure(f"the output at position {t} changed by {changed[t].item():.3g} when only tokens "
+                           "5..7 changed: a position sees the future. With causal=True, position t may "
+                           "attend positions <= t only")
+
+
+# ---- gradients -------------------------------------------------------------------------------
+
+@pytest.mark.points(3)
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+def test_mha_gradients(student, reference, device, causal):
+    """gradients of x and of every parameter of MultiHeadAttention(16, 4), causal={causal}"""
+    sd = weights(16, True, seed=9)
+    x = randn(2, 5, 16, seed=10).to(device).requires_grad_(True)
+    grad_out = randn(2, 5, 16, seed=11).to(device)
+    module = student_mha(student, 16, 4, sd, device)
+    got = backward(module, x, causal=causal, grad_output=grad_out)
+    ref = reference.MultiHeadAttention(16, 4).double()
+    ref.load_state_dict({name: t.double() for name, t in sd.items()})
+    ref.eval()
+    x64 = x.detach().cpu().double().requires_grad_(True)
+    ref(x64, causal=causal).backward(grad_out.cpu().double())
+    expect_close(got.value, mha(sd, x, 4, causal).to(dtype=torch.float32, device=device),
+                 what=f"the output of MultiHeadAttention(16, 4)(x, causal={causal})")
+    if not got.input_grads or got.input_grads[0] is None:
+        raise CheckFailure("no gradient reaches x: the output must be computed from it with torch operations")
+    expect_close(got.input_grads[0], x64.grad.float().to(device), what="the gradient with respect to x")
+    for name, param in ref.named_parameters():
+        grad = got.param_grads.get(name)
+        if grad is None:
+            raise CheckFailure(f"no gradient for parameter {name}: is it used in forward?")
+        expect_close(grad, param.grad.float().to(device), what=f"the gradient of {name}")
+
+
+# ---- dropout ---------------------------------------------------------------------------------
+
+@pytest.mark.points(2)
+def test_mha_dropout_off_in_eval(student, device):
+    """MultiHeadAttention(16, 4, dropout=0.5) in eval mode is deterministic and exact"""
+    sd = weights(16, True, seed=12)
+    x = randn(2, 6, 16, seed=13).to(device)
+    module = student_mha(student, 16, 4, sd, device, dropout=0.5)
+    expected, mistakes = expected_and_mistakes(sd, x, 4, True, device)
+    first, second = module(x), module(x)
+    if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor) and first.shape == second.shape \
+            and not torch.equal(first, second):
+        raise CheckFailure("two calls in eval mode with dropout=0.5 gave different outputs: dropout is applied "
+                           "in eval mode too. Use nn.Dropout modules (or F.dropout(..., training=self.training)), "
+                           "which do nothing after .eval()")
+    expect_close(first, expected, what="MultiHeadAttention(16, 4, dropout=0.5) in eval mode", mistakes=mistakes)
+
+
+@pytest.mark.points(2)
+def test_mha_dropout_in_training(student, device):
+    """in training mode, dropout applies to the attention weights and to the output of `out`"""
+    # q = k = 0 and v = 1: every weight is 1/8 and every head outputs exactly 1; out is the identity.
+    # Dropout of the output of `out` makes entries 0 or 2 (1 / (1 - p)); dropout of the weights
+    # makes a head's output 2 * (kept weights) / 8, so other values appear.
+    C, T = 16, 8
+    sd = {"qkv.weight": torch.zeros(3 * C, C), "qkv.bias": torch.cat([torch.zeros(2 * C), torch.ones(C)]),
+          "out.weight": torch.eye(C), "out.bias": torch.zeros(C)}
+    x = randn(4, T, C, seed=14).to(device)
+    module = student_mha(student, C, 4, sd, device, dropout=0.5, eval_mode=False)
+    y = module(x, causal=False)
+    if not isinstance(y, torch.Tensor) or tuple(y.shape) != (4, T, C):
+        raise CheckFailure(f"expected a tensor of shape (4, {T}, {C}), got {getattr(y, 'shape', y)}")
+    y = y.detach().cpu().double()
+    if torch.allclose(y, torch.ones_like(y)):
+        raise CheckFailure("with dropout=0.5 in training mode the output is exactly the dropout-free one: "
+                           "dropout is not applied (nn.Dropout on the attention weights and on out's output)")
+    zeros = (y == 0).double().mean().item()
+    if zeros < 0.25:
+        raise CheckFailure(f"only {zeros:.0%} of the outputs are zeroed with dropout=0.5: dropout is not "
+                           "applied to the output of `out` (the contract applies it there too)")
+    if ((y - 2).abs() < 1e-6).logical_or(y == 0).all():
+        raise CheckFailure("dropout is applied to the output of `out`, but not to the attention weights "
+                           "(apply it to the weights before weights @ v)")
