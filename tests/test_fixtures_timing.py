@@ -44,6 +44,10 @@ def test_fixture_model_depends_on_the_whole_context_and_checks_block_size():
     assert not torch.allclose(logits[:, -1], cropped[:, -1])   # the context matters
     with pytest.raises(ValueError, match="block_size"):
         model(torch.tensor([[1, 2, 3, 4]]))
+    assert model.grad_calls == 2          # two calls above ran with gradient tracking on
+    with torch.no_grad():
+        model(torch.tensor([[1]]))
+    assert model.grad_calls == 2
 
 
 def test_unknown_fixture_is_an_error(remote):

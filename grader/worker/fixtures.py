@@ -36,6 +36,7 @@ class ContextLM(nn.Module):
         gen = torch.Generator().manual_seed(seed)
         self.block_size = block_size
         self.returns_tuple = returns_tuple
+        self.grad_calls = 0
         self.token_logits = nn.Parameter(scale * torch.randn(vocab_size, vocab_size, generator=gen))
         self.context_logits = nn.Parameter(scale * torch.randn(vocab_size, vocab_size, generator=gen))
 
@@ -44,6 +45,7 @@ class ContextLM(nn.Module):
             raise TypeError(f"expected idx of shape (B, t) and dtype int64, got {tuple(idx.shape)} {idx.dtype}")
         if idx.shape[1] > self.block_size:
             raise ValueError(f"sequence of length {idx.shape[1]} is longer than block_size {self.block_size}")
+        self.grad_calls += int(torch.is_grad_enabled())
         vocab_size = self.token_logits.shape[0]
         context = idx.cumsum(1) % vocab_size
         logits = self.token_logits[idx] + self.context_logits[context]

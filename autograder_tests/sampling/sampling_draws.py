@@ -1,0 +1,119 @@
+"""Helpers shared by the sampling tests: exact draws from a seeded generator.
+
+The contract fixes how a token is drawn: one
+torch.multinomial(softmax(logits), 1, generator=generator) call on the (B, V) batch
+per step. With one sample, multinomial returns argmax_i p_i / E_i over fresh Exp(1)
+draws E (`empty_like(probs).exponential_(generator=...)`), so a softmax computed
+differently (float64, exp / sum) can change a token only at a near-tie of p_i / E_i.
+`Draws` replays those exponentials from a copy of the generator and accepts, besides
+the reference's own tokens, any token whose p / E (p in float64, with the student's
+own earlier tokens as context) is within a relative 1e-5 of the row's maximum, and
+requires the generator to end where one such draw per row per step leaves it. It
+checks first that the replay reproduces the reference exactly; if a future PyTorch
+draws another way, only the reference's tokens are accepted.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from grader.checks import CheckFailure, expect_close, expect_equal
+
+NEAR_TIE = 1e-5
+
+
+def randn(*shape, seed: int, device: str, scale: float = 1.5) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).to(device=device, dtype=torch.float32)
+
+
+def seeded(device: str, seed: int) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def copy_of(gen: torch.Generator) -> torch.Generator:
+    clone = torch.Generator(device=gen.device)
+    clone.set_state(gen.get_state())
+    return clone
+
+
+def same_state(a: torch.Generator, b: torch.Generator) -> bool:
+    return torch.equal(a.get_state(), b.get_state())
+
+
+def check_cut(reference, logits: torch.Tensor, temperature: float, top_k=None, top_p=None) -> None:
+    """Grader self-check: no partial sum of the top-p step within 1e-4 of top_p (the contract's promise)."""
+    if top_p is None or temperature == 0:
+        return
+    x = reference.apply_temperature(logits.double().cpu(), temperature)
+    x = reference.top_k_filter(x, top_k) if top_k is not None else x
+    cum = torch.softmax(x, -1).sort(-1, descending=True).values.cumsum(-1)
+    assert (cum - top_p).abs().min() > 1e-4, "grader: top_p is within 1e-4 of a partial sum"
+
+
+def distribution(reference, logits: torch.Tensor, temperature: float, top_k=None, top_p=None) -> torch.Tensor:
+    """The contract's sampling distribution, in float64 on the CPU: (B, V)."""
+    x = reference.apply_temperature(logits.double().cpu(), temperature)
+    if top_k is not None:
+        x = reference.top_k_filter(x, top_k)
+    if top_p is not None:
+        x = reference.top_p_filter(x, top_p)
+    return torch.softmax(x, dim=-1)
+
+
+class Draws:
+    """The exponentials `steps` multinomial calls on (B, V) probabilities draw from `gen`."""
+
+    def __init__(self, gen: torch.Generator, shape: tuple[int, int], steps: int, dtype: torch.dtype):
+        replay = copy_of(gen)
+        self.exps = [torch.empty(shape, dtype=dtype, device=gen.device).exponential_(1, generator=replay)
+                     .double().cpu() for _ in range(steps)]
+        self.end_state = replay.get_state()
+
+    def accepts(self, step: int, probs: torch.Tensor, tokens: torch.Tensor) -> bool:
+        ratio = probs / self.exps[step]
+        chosen = ratio.gather(-1, tokens.view(-1, 1).cpu()).squeeze(-1)
+        return bool(((chosen > 0) & (chosen >= (1 - NEAR_TIE) * ratio.amax(-1))).all())
+
+
+def judge(got, gen: torch.Generator, start: torch.Generator, expected: torch.Tensor, end: torch.Generator,
+          steps: int, step_probs, what: str, mistakes: dict) -> None:
+    """Fail unless `got` holds the draws the contract makes (see the module docstring).
+
+    expected, end: the reference's output and its generator afterwards; gen: the student's
+    generator afterwards; start: the generator before. The last `steps` columns are the
+    draws; step_probs(step, tokens) gives that step's (B, V) float64 probabilities with
+    `tokens` as the context.
+    """
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape or got.dtype != expected.dtype \
+            or got.device.type != expected.device.type:
+        expect_close(got, expected, what=what, mistakes=mistakes)   # names what is off
+    width = expected.shape[1]
+    if torch.equal(got.cpu(), expected.cpu()) and same_state(gen, end):
+        return
+    shape = tuple(step_probs(0, expected).shape)
+    replays = [Draws(start, shape, steps, dtype) for dtype in (torch.float32, torch.float64)]
+    trusted = torch.equal(replays[0].end_state, end.get_state()) and all(
+        replays[0].accepts(s, step_probs(s, expected), expected[:, width - steps + s]) for s in range(steps))
+    in_range = bool(((got >= 0) & (got < shape[1])).all())   # token ids the model can read
+    for replay in replays if trusted and in_range else ():
+        if torch.equal(replay.end_state, gen.get_state()) and all(
+                replay.accepts(s, step_probs(s, got), got[:, width - steps + s]) for s in range(steps)):
+            return  # the same draws, up to float rounding at a near-tie
+    unused = same_state(gen, start)
+    if torch.equal(got.cpu(), expected.cpu()) and not unused:
+        raise CheckFailure(f"{what}: the tokens are right but the generator ends in another state: draw "
+                           "exactly once per step, with ONE torch.multinomial(probs, 1, generator=generator) "
+                           "call on the whole (B, V) batch")
+    try:
+        expect_equal(got, expected, what=what, mistakes=mistakes)
+    except CheckFailure as failure:
+        if unused and "looks like" not in str(failure):
+            raise CheckFailure(f"{what}: looks like the tokens are drawn without `generator` (from the "
+                               "global random generator): the generator passed in was never used; pass "
+                               f"generator=generator to torch.multinomial\n({failure})") from None
+        raise
+    raise CheckFailure(f"{what}: the generator passed in was never used: pass generator=generator to "
+                       "torch.multinomial")
+
+
