@@ -15,7 +15,7 @@ import torch
 from grader.checks import CheckFailure, expect_close, expect_equal
 from grader.remote import StudentCodeError
 from grader.worker import fixtures
-from sampling_draws import check_cut, copy_of, distribution, judge, seeded
+from sampling_draws import check_cut, copy_of, distribution, divides_by_zero, judge, seeded
 
 # ---- generate -----------------------------------------------------------------
 

@@ -14,16 +14,10 @@ import torch
 
 from grader.checks import CheckFailure, expect_close
 from grader.remote import StudentCodeError
-from sampling_draws import check_cut, copy_of, distribution, judge, randn, seeded
+from sampling_draws import check_cut, copy_of, distribution, divides_by_zero, judge, randn, seeded
 
 
 # ---- sample_next: greedy ------------------------------------------------------
-
-def divides_by_zero(exc: StudentCodeError) -> bool:
-    """Whether a temperature-0 call failed the way dividing the logits by 0 fails."""
-    return (exc.is_a("ValueError") or exc.is_a("ZeroDivisionError")
-            or "probability tensor contains" in str(exc))
-
 
 @pytest.mark.points(2)
 @pytest.mark.parametrize("filters", ["no filter", "top_k=2, top_p=0.5"])
