@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grader.grade import GradeOptions, grade
+from grader.results import grader_errors
 
 _EXPECT = re.compile(r"^\s*EXPECT:\s*(.+?)\s*$", re.MULTILINE)
 _REQUIRES = re.compile(r"^\s*REQUIRES:\s*(.+?)\s*$", re.MULTILINE)
@@ -85,8 +86,12 @@ def judge(entry: Entry, options: GradeOptions | None = None) -> Verdict:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     score = results["score"]
+    crashed = grader_errors(results)
     maximum = sum(t["max_score"] for t in results["tests"])
     feedback = "\n".join(t["output"] for t in results["tests"] if t["status"] == "failed")
+    if crashed:
+        return Verdict(entry, score, sum(t["max_score"] for t in results["tests"]), False,
+                       f"hidden tests crashed (grader errors) in: {', '.join(crashed)}")
     if entry.kind == "correct":
         ok = maximum > 0 and score == maximum
         detail = "full marks" if ok else f"lost points:\n{feedback}"

@@ -12,6 +12,9 @@ import jsonschema
 from grader.pytest_plugin import TestRecord
 
 
+GRADER_ERROR = "grader-error"   # the tag of a test the grader itself failed to run (never the student's fault)
+
+
 def schema() -> dict:
     return json.loads(resources.files("grader").joinpath("gradescope_schema.json").read_text())
 
@@ -38,7 +41,7 @@ def build(records: Iterable[TestRecord], *, stage_order: dict[str, int], executi
             "status": "passed" if record.passed and record.fraction > 0 else "failed",
             "output": test_output(record),
             "output_format": "text",
-            "tags": [record.stage],
+            "tags": [record.stage] + ([GRADER_ERROR] if record.internal_error else []),
             "visibility": record.visibility,
         })
     results = {
@@ -69,6 +72,11 @@ def stage_scores(results: dict) -> dict[str, tuple[float, float]]:
         entry[0] += test["score"]
         entry[1] += test["max_score"]
     return {stage: (round(s, 4), round(m, 4)) for stage, (s, m) in totals.items()}
+
+
+def grader_errors(results: dict) -> list[str]:
+    """Names of the tests the grader itself could not run (a bug in a hidden test, not in the submission)."""
+    return [t["name"] for t in results["tests"] if GRADER_ERROR in t.get("tags", ())]
 
 
 def write(results: dict, path: Path) -> None:

@@ -87,7 +87,8 @@ def test_results_follow_gradescope_schema(records):
     results = gradescope.build(records.values(), stage_order={"demo": 3}, execution_time=1.0, output="x")
     assert results["score"] == 1 + 1 + 3 + 0.5
     assert [t["number"] for t in results["tests"]][:2] == ["3.1", "3.2"]
-    assert all(t["tags"] == ["demo"] for t in results["tests"])
+    assert all(t["tags"][0] == "demo" for t in results["tests"])
+    assert gradescope.grader_errors(results) == ["demo: a bug in the test itself"]   # tagged, for selfcheck
     assert gradescope.stage_scores(results) == {"demo": (5.5, 12.0)}
 
 
