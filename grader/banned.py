@@ -17,11 +17,12 @@ The worker traps the same list at run time (worker/traps.py).
 from __future__ import annotations
 
 import ast
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import torch
+import torch  # noqa: F401 -- the banned names are resolved against it
 
 from grader.checks import CheckFailure
 from grader.worker import traps
@@ -45,6 +46,7 @@ class _Banned:
     def __init__(self, names: Iterable[str]):
         self.objects: dict[int, str] = {}
         self.methods: dict[str, str] = {}
+        self.roots = {name.split(".")[0] for name in names}     # torch, tiktoken, ...
         for name in names:
             for owner, attribute, full_name in traps.resolve(name):
                 if owner is torch.Tensor:
@@ -53,9 +55,9 @@ class _Banned:
 
     def by_dotted_name(self, dotted: str) -> str | None:
         parts = dotted.split(".")
-        if parts[0] != "torch":
+        obj: Any = sys.modules.get(parts[0]) if parts[0] in self.roots else None
+        if obj is None:
             return None
-        obj: Any = torch
         for part in parts[1:]:
             obj = getattr(obj, part, None)
             if obj is None:
@@ -121,7 +123,7 @@ class _Scanner(ast.NodeVisitor):
     def visit_Assign(self, node: ast.Assign) -> None:
         self.generic_visit(node)
         dotted = self.dotted(node.value)
-        if dotted and dotted.split(".")[0] == "torch":
+        if dotted and dotted.split(".")[0] in self.banned.roots:
             for target in node.targets:
                 if isinstance(target, ast.Name):
                     self.aliases[target.id] = dotted

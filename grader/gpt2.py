@@ -13,7 +13,9 @@ sha256 tiktoken expects, so the ranks are exactly GPT-2's.
 from __future__ import annotations
 
 import functools
+import hashlib
 from importlib import resources
+from pathlib import Path
 
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
@@ -37,9 +39,19 @@ def _data_file(name: str) -> str:
     return str(path)
 
 
+def _verified(path: str, expected: str) -> str:
+    # tiktoken's loader skips its own check when TIKTOKEN_CACHE_DIR="", so check here too.
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    if digest != expected:
+        raise ValueError(f"Hash mismatch for {path}: sha256 {digest}, expected {expected}")
+    return path
+
+
 @functools.lru_cache(maxsize=1)
 def gpt2_ranks() -> dict[bytes, int]:
     """GPT-2's 50,256 mergeable ranks (bytes -> rank); raises ValueError if a file's sha256 is wrong."""
+    _verified(_data_file("vocab.bpe"), VOCAB_BPE_SHA256)
+    _verified(_data_file("encoder.json"), ENCODER_JSON_SHA256)
     return data_gym_to_mergeable_bpe_ranks(
         vocab_bpe_file=_data_file("vocab.bpe"), encoder_json_file=_data_file("encoder.json"),
         vocab_bpe_hash=VOCAB_BPE_SHA256, encoder_json_hash=ENCODER_JSON_SHA256)

@@ -141,3 +141,20 @@ def test_without_a_banned_list_nothing_is_trapped(make_submission, session_for):
 
     remote = RemoteSubmission(session_for(make_submission({"trapped.py": TRAPPED})))
     assert remote.trapped.library(torch.zeros(4)).tolist() == [0.25] * 4
+
+
+def test_apis_outside_torch_can_be_banned(make_submission):
+    banned = ("tiktoken.Encoding", "tiktoken.get_encoding")
+    folder = make_submission({"m.py": "import tiktoken\nfrom tiktoken import Encoding as E\n"
+                                      "enc = tiktoken.get_encoding('gpt2')\nx = E\nget = tiktoken.get_encoding\n"})
+    found = [(f.line, f.api) for f in find_banned_apis(folder, "m", banned)]
+    assert found == [(3, "tiktoken.get_encoding"), (4, "tiktoken.Encoding"), (5, "tiktoken.get_encoding")]
+
+
+def test_a_glob_names_public_objects_only():
+    from grader.worker import traps
+
+    names = [full for _, _, full in traps.resolve("torch.nn.Transformer*")]
+    assert "torch.nn.TransformerEncoderLayer" in names
+    assert all(not n.rsplit(".", 1)[1].startswith("__") for n in traps.resolve("torch.nn.*") for n in [n[2]])
+    assert "torch.nn.functional" not in [n for _, _, n in traps.resolve("torch.nn.*")]   # a submodule

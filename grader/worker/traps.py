@@ -18,6 +18,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import importlib
+import types
 from typing import Any, Iterator
 
 import torch
@@ -49,7 +50,11 @@ def resolve(name: str) -> Iterator[tuple[Any, str, str]]:
     if owner is None:
         return
     pattern = parts[-1]
-    attributes = fnmatch.filter(dir(owner), pattern) if "*" in pattern else [pattern]
+    if "*" in pattern:   # a glob names public objects, never dunders or submodules
+        attributes = [a for a in fnmatch.filter(dir(owner), pattern) if not a.startswith("__")
+                      and not isinstance(getattr(owner, a, None), types.ModuleType)]
+    else:
+        attributes = [pattern]
     for attribute in attributes:
         if hasattr(owner, attribute):
             yield owner, attribute, ".".join(parts[:-1] + [attribute])
