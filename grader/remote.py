@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -163,6 +164,11 @@ class RemoteSubmission:
             if message["op"] == "import":
                 if exc.is_a("ModuleNotFoundError") and not exc.traceback:
                     raise SubmissionProblem(f"{what}.py is missing from your submission") from None
+                dependency = _missing_module(exc)
+                if dependency and dependency != what:
+                    exc = StudentException(exc.type_name, exc.mro, (
+                        f"{exc.message}: {what}.py imports {dependency}, but {dependency}.py is not in your "
+                        f"submission (and no installed package has that name)"), exc.traceback)
                 raise StudentCodeError(f"importing {what}.py", exc) from None
             raise StudentCodeError(what, exc) from None
         except WorkerFailure as exc:
@@ -185,6 +191,12 @@ class RemoteSubmission:
 
     def output(self) -> str:
         return self._session.take_output()
+
+
+def _missing_module(exc: StudentException) -> str | None:
+    """The top-level module a ModuleNotFoundError is about ("No module named 'attention'")."""
+    match = re.match(r"No module named '([\w.]+)'", exc.message) if exc.is_a("ModuleNotFoundError") else None
+    return match[1].split(".")[0] if match else None
 
 
 @dataclass

@@ -70,6 +70,12 @@ def test_import_time_error_names_the_file(make_submission):
     assert "importing bigram.py raised RuntimeError: broken helper" in output and "helper.py" in output
 
 
+def test_a_missing_dependency_is_named(make_submission):
+    results = graded(make_submission({"bigram.py": "from attention import softmax\n" + REFERENCE}))
+    output = next(iter(failures(results).values()))
+    assert "bigram.py imports attention, but attention.py is not in your submission" in output
+
+
 def test_missing_function_costs_only_its_tests(make_submission, reference_results):
     source = REFERENCE[:REFERENCE.index("def nll(")] + REFERENCE[REFERENCE.index("def sample("):]
     results = graded(make_submission({"bigram.py": source}))
