@@ -1,0 +1,222 @@
+"""Hidden tests of stage `transformer`: the GPT model, weight tying, the loss, and banned APIs.
+
+The GPT here is GPT(50, 16, 32, 2, 4): 27,584 parameters, milliseconds per call.
+The student's model is loaded with the weights of a reference model built from a
+fixed seed and compared in eval mode with a float64 copy of that reference.
+"""
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from grader.banned import expect_no_banned_apis
+from grader.checks import CheckFailure, expect_close, expect_raises, expect_scalar
+from grader.remote import backward
+from transformer_checks import (BLOCK, D_MODEL, HEADS, LAYERS, VOCAB, build_reference, expect_keys,
+                                expect_param_grads, float64_copy, gpt_mistakes, loss_mistakes, randn,
+                                reference_backward, student_like, tied_names, token_ids)
+
+CONFIG = (VOCAB, BLOCK, D_MODEL, LAYERS, HEADS)
+NAME = f"GPT{CONFIG}"
+
+
+def student_gpt(student, reference, device, seed, *args, **kwargs):
+    ref = build_reference(reference, "GPT", *CONFIG, *args, seed=seed, **kwargs)
+    what = NAME[:-1] + "".join(f", {k}={v}" for k, v in kwargs.items()) + ")"
+    return student_like(student, ref, "GPT", *CONFIG, *args, device=device, what=what, **kwargs), ref, what
+
+
+def logits_of(output, what: str, loss_expected: bool = False):
+    """(logits, loss) from a GPT forward, after checking it is a pair."""
+    if not isinstance(output, tuple) or len(output) != 2:
+        got = f"a tuple of {len(output)}" if isinstance(output, tuple) else f"a {type(output).__name__}"
+        raise CheckFailure(f"{what}: expected a pair (logits, loss), got {got}")
+    logits, loss = output
+    if not loss_expected and loss is not None:
+        raise CheckFailure(f"{what}: the loss must be None when no targets are given")
+    return logits, loss
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_gpt_state_dict(student, reference, tie_weights):
+    """GPT(50, 16, 32, 2, 4, tie_weights={tie_weights}) has the contract's state-dict keys and shapes"""
+    expected = reference.GPT(*CONFIG, tie_weights=tie_weights).state_dict()
+    model = student.transformer.GPT(*CONFIG, tie_weights=tie_weights)
+    expect_keys(model.state_dict(), expected, f"{NAME[:-1]}, tie_weights={tie_weights})")
+    expected = reference.GPT(*CONFIG, d_ff=48).state_dict()
+    expect_keys(student.transformer.GPT(*CONFIG, d_ff=48).state_dict(), expected, f"{NAME[:-1]}, d_ff=48)")
+
+
+@pytest.mark.points(2)
+def test_gpt_parameters(student, reference):
+    """GPT(50, 16, 32, 2, 4) has 27,584 trainable parameters: lm_head has no bias and shares tok_emb's weight"""
+    model = student.transformer.GPT(*CONFIG)
+    idx = token_ids((2, 8), seed=40, device="cpu")
+    grads = backward(model, idx, idx, output_index=1).param_grads
+    expected = dict(reference.GPT(*CONFIG).named_parameters())
+    names = tied_names(grads)
+    count = sum(expected[n].numel() for n in names if n in expected) + sum(
+        g.numel() for n, g in grads.items() if n not in expected and isinstance(g, torch.Tensor))
+    what = f"{NAME}'s trainable parameters (named_parameters)"
+    if "lm_head.weight" in names:
+        raise CheckFailure(f"{what}: looks like the weights are not tied: lm_head.weight is a parameter of its "
+                           f"own ({count:,} parameters instead of 27,584); assign the Parameter itself: "
+                           "self.lm_head.weight = self.tok_emb.weight")
+    if "lm_head.bias" in names:
+        raise CheckFailure(f"{what}: lm_head has a bias ({count:,} parameters instead of 27,584): "
+                           "build it as nn.Linear(d_model, vocab_size, bias=False)")
+    if names != set(expected):
+        raise CheckFailure(f"{what}: missing {sorted(set(expected) - names)[:6]}, unexpected "
+                           f"{sorted(names - set(expected))[:6]} (every parameter must be used in forward)")
+
+
+@pytest.mark.points(3)
+@pytest.mark.parametrize("T", [BLOCK, 7])
+def test_gpt_forward(student, reference, device, T):
+    """GPT(50, 16, 32, 2, 4) logits for a (2, {T}) batch, with the reference's weights"""
+    model, ref, what = student_gpt(student, reference, device, seed=41)
+    idx = token_ids((2, T), seed=42, device=device)
+    ref64 = float64_copy(ref, device)
+    with torch.no_grad():
+        expected = ref64(idx)[0].float()
+        logits, _ = logits_of(model(idx), f"{what}(idx of shape (2, {T}))")
+        expect_close(logits, expected, what=f"the logits of {what}(idx of shape (2, {T}))",
+                     mistakes=gpt_mistakes(ref64, idx, torch.float32))
+
+
+@pytest.mark.points(3)
+def test_gpt_loss(student, reference, device):
+    """GPT's loss is the mean cross-entropy of its logits against the targets"""
+    model, ref, what = student_gpt(student, reference, device, seed=43)
+    idx = token_ids((3, BLOCK), seed=44, device=device)
+    targets = token_ids((3, BLOCK), seed=45, device=device)
+    with torch.no_grad():
+        logits64 = float64_copy(ref, device)(idx)[0]
+    _, loss = logits_of(model(idx, targets), f"{what}(idx, targets)", loss_expected=True)
+    if loss is None:
+        raise CheckFailure(f"{what}(idx, targets): the loss is None; compute it when targets are given")
+    if not isinstance(loss, torch.Tensor):
+        raise CheckFailure(f"{what}(idx, targets): the loss is a {type(loss).__name__}; return the tensor "
+                           "itself (training calls loss.backward())")
+    expected = F.cross_entropy(logits64.reshape(-1, VOCAB), targets.reshape(-1)).item()
+    expect_scalar(loss, expected, atol=1e-5, rtol=1e-5, what=f"the loss of {what}(idx, targets)",
+                  mistakes=loss_mistakes(logits64, targets))
+
+
+@pytest.mark.points(3)
+def test_gpt_backward(student, reference, device):
+    """GPT's gradients of the loss reach every parameter as in the reference (the tied weight gets both uses)"""
+    model, ref, what = student_gpt(student, reference, device, seed=46)
+    idx = token_ids((2, 12), seed=47, device=device)
+    targets = token_ids((2, 12), seed=48, device=device)
+    result = backward(model, idx, targets, output_index=1)
+    ref64 = float64_copy(ref, device)
+    _, _, expected = reference_backward(ref64, idx, targets, output_index=1)
+    # What the tied weight would get from one of its two uses only: untie a copy of the head.
+    with torch.no_grad():
+        head = ref64.lm_head
+        untied = torch.nn.Linear(D_MODEL, VOCAB, bias=False).double().to(device)
+        untied.weight.copy_(head.weight)
+        ref64.lm_head = untied
+    _, _, split = reference_backward(ref64, idx, targets, output_index=1)
+    ref64.lm_head = head
+    expect_param_grads(result.param_grads, expected, f"{what}(idx, targets) loss.backward()", mistakes={
+        "tok_emb.weight": {
+            "the tied weight gets only the embedding's gradient: lm_head must use the same Parameter":
+                split["tok_emb.weight"],
+            "the tied weight gets only lm_head's gradient: the embedding must use the same Parameter":
+                split["lm_head.weight"]}})
+
+
+@pytest.mark.points(2)
+def test_gpt_tying(student, reference, device):
+    """Weight tying: loading only tok_emb.weight changes lm_head.weight and the logits too"""
+    model, ref, what = student_gpt(student, reference, device, seed=49)
+    new = randn(VOCAB, D_MODEL, seed=50, scale=0.3)
+    old_head = ref.lm_head.weight.detach().clone()
+    model.load_state_dict({"tok_emb.weight": new}, strict=False)
+    ref.load_state_dict({"tok_emb.weight": new}, strict=False)
+    expect_close(model.lm_head.weight, new.to(device),
+                 what=f"{what}.lm_head.weight after load_state_dict({{'tok_emb.weight': W}}, strict=False)",
+                 mistakes={"the weights are not tied (the values were copied once, or not at all): lm_head.weight "
+                           "must BE tok_emb.weight (self.lm_head.weight = self.tok_emb.weight)":
+                           old_head.to(device)})
+    idx = token_ids((2, 10), seed=51, device=device)
+    with torch.no_grad():
+        expected = float64_copy(ref, device)(idx)[0].float()
+    logits, _ = logits_of(model(idx), f"{what}(idx)")
+    expect_close(logits, expected, what=f"the logits of {what} after loading a new tok_emb.weight")
+
+
+@pytest.mark.points(2)
+def test_gpt_untied(student, reference, device):
+    """GPT(..., tie_weights=False) keeps a separate lm_head.weight"""
+    model, ref, what = student_gpt(student, reference, device, seed=52, tie_weights=False)
+    idx = token_ids((2, 9), seed=53, device=device)
+    targets = token_ids((2, 9), seed=54, device=device)
+    names = set(backward(model, idx, targets, output_index=1).param_grads)
+    if "lm_head.weight" not in names or "tok_emb.weight" not in names:
+        raise CheckFailure(f"{what}: lm_head.weight and tok_emb.weight must be two parameters when "
+                           f"tie_weights=False (looks like tie_weights is ignored); got {sorted(names)[:4]}...")
+    ref64 = float64_copy(ref, device)
+    with torch.no_grad():
+        expected = ref64(idx)[0].float()
+    logits, _ = logits_of(model(idx), f"{what}(idx)")
+    expect_close(logits, expected, what=f"the logits of {what}(idx)")
+
+
+def test_gpt_too_long(student):
+    """GPT raises ValueError for a sequence longer than block_size"""
+    model = student.transformer.GPT(*CONFIG)
+    with expect_raises("ValueError", what=f"{NAME}(idx of shape (1, {BLOCK + 1}))"):
+        model(torch.zeros(1, BLOCK + 1, dtype=torch.int64))
+    with expect_raises("ValueError", what=f"{NAME}(idx of shape (2, {BLOCK + 5}), targets)"):
+        idx = torch.zeros(2, BLOCK + 5, dtype=torch.int64)
+        model(idx, idx)
+
+
+@pytest.mark.points(2)
+def test_gpt_dropout(student, reference, device):
+    """GPT(..., dropout=0.5): deterministic and equal to the reference in eval mode"""
+    model, ref, what = student_gpt(student, reference, device, seed=55, dropout=0.5)
+    idx = token_ids((2, BLOCK), seed=56, device=device)
+    with torch.no_grad():
+        expected = float64_copy(ref, device)(idx)[0].float()
+    for attempt in ("", ", called a second time"):
+        logits, _ = logits_of(model(idx), f"{what}(idx)")
+        expect_close(logits, expected, what=f"the logits of {what} in eval mode (dropout must be off){attempt}")
+
+
+def test_gpt_embedding_dropout(student, device):
+    """GPT(50, 16, 32, 0, 4, dropout=0.5) in training mode applies dropout (to the embeddings' sum)"""
+    model = student.transformer.GPT(VOCAB, BLOCK, D_MODEL, 0, HEADS, dropout=0.5)
+    model.to(device)
+    model.train()
+    idx = token_ids((2, BLOCK), seed=57, device=device)
+    what = f"GPT({VOCAB}, {BLOCK}, {D_MODEL}, 0, {HEADS}, dropout=0.5) in training mode (no blocks)"
+    first, _ = logits_of(model(idx), what)
+    second, _ = logits_of(model(idx), what)
+    if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor) and torch.equal(first, second):
+        raise CheckFailure(f"{what}: two calls gave the same logits: dropout on the sum of the token and "
+                           "position embeddings is missing")
+
+
+def test_gpt_float64(student, reference, device):
+    """GPT after .double() computes float64 logits"""
+    model, ref, what = student_gpt(student, reference, device, seed=58)
+    model.double()
+    idx = token_ids((2, 8), seed=59, device=device)
+    with torch.no_grad():
+        expected = float64_copy(ref, device)(idx)[0]
+    logits, _ = logits_of(model(idx), f"{what}.double()(idx)")
+    expect_close(logits, expected, what=f"the logits of {what}.double()")
+
+
+@pytest.mark.points(2)
+def test_no_banned_apis(student, reference, submission_dir):
+    """transformer.py and its helper modules call none of the banned APIs"""
+    x = randn(3, 16, seed=60)
+    module = student.transformer.LayerNorm(16)
+    expect_close(module(x), reference.LayerNorm(16).double()(x.double()).float(), what="LayerNorm(16)(x)")
+    expect_no_banned_apis(submission_dir, "transformer", reference.BANNED_APIS)
