@@ -5,7 +5,6 @@
     model.load_state_dict(reference_model.state_dict())
     result = backward(model, idx, targets, output_index=1)   # values and gradients
     lm = student.fixture("ContextLM", vocab_size=11, block_size=4)   # a grader object in the worker
-    seconds = wall_time(student.attention.scaled_dot_product_attention, q, k, v)
 
 Every failure of submission code surfaces as a `StudentCodeError` whose message
 is written for the student ("bigram.nll(...) raised KeyError: 'z'", "did not
@@ -20,7 +19,6 @@ import contextlib
 import importlib
 import re
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -227,40 +225,6 @@ def backward(fn: Any, *args, grad_output: torch.Tensor | None = None,
     except Exception as exc:
         raise StudentCodeError(f"{getattr(fn, '_label', 'the function')}(...)", exc) from None
     return GradResult(result["value"], result["input_grads"], result["param_grads"])
-
-
-def wall_time(fn: Any, *args, repeat: int = 5, warmup: int = 2, **kwargs) -> float:
-    """Seconds per call of `fn(*args, **kwargs)`, measured here, on the grader's clock.
-
-    For a remote `fn` the worker runs the calls back to back and the grader
-    times the round trip, minus a round trip with no calls (which carries the
-    same arguments), so code in the worker cannot misreport its own speed.
-    """
-    if not isinstance(fn, RemoteObject):
-        target = fn._target if isinstance(fn, _LocalProxy) else fn
-        for _ in range(warmup):
-            target(*args, **kwargs)
-        _synchronize()
-        start = time.perf_counter()
-        for _ in range(repeat):
-            target(*args, **kwargs)
-        _synchronize()
-        return (time.perf_counter() - start) / repeat
-
-    def round_trip(times: int) -> float:
-        message = {"op": "repeat", "target": fn, "args": list(args), "kwargs": kwargs, "times": times}
-        start = time.perf_counter()
-        fn._remote.request(message, f"{fn._label}(...)")
-        return time.perf_counter() - start
-
-    round_trip(warmup)
-    empty = min(round_trip(0) for _ in range(3))
-    return max(round_trip(repeat) - empty, 0.0) / repeat
-
-
-def _synchronize() -> None:
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
 
 
 class LocalSubmission:

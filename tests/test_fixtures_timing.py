@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from grader.remote import RemoteSubmission, StudentCodeError, wall_time
+from grader.remote import RemoteSubmission, StudentCodeError
+from grader.timing import cpu_time, run_time, wall_time
 from grader.worker import fixtures
 
 MODULE = '''
@@ -15,6 +16,11 @@ def run(model, idx):
 
 def nap(seconds):
     time.sleep(seconds)
+
+def spin(seconds):
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 def lie_about_time(seconds):
     time.perf_counter = lambda: 0.0     # the worker's clock is the student's; the grader's is not
@@ -63,3 +69,16 @@ def test_wall_time_is_measured_by_the_grader(remote):
 
 def test_wall_time_of_a_local_function():
     assert wall_time(torch.mm, torch.ones(8, 8), torch.ones(8, 8), repeat=3) < 0.5
+
+
+def test_cpu_time_counts_work_not_waiting(remote):
+    """CPU time is what the kernel counted for the worker: spinning counts, sleeping does not."""
+    assert 0.03 <= cpu_time(remote.m.spin, 0.05, repeat=2, warmup=1) <= 0.2
+    assert cpu_time(remote.m.nap, 0.05, repeat=2, warmup=1) < 0.02
+    assert run_time(remote.m.nap, 0.05, device="cpu", repeat=2, warmup=1) < 0.02   # CPU: CPU time
+
+
+def test_cpu_time_of_a_local_function_uses_one_thread():
+    threads = torch.get_num_threads()
+    seconds = cpu_time(torch.mm, torch.ones(64, 64), torch.ones(64, 64), repeat=5)
+    assert 0 < seconds < 0.5 and torch.get_num_threads() == threads
