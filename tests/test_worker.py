@@ -240,3 +240,11 @@ def count():
     assert session.worker is None        # discarded: the next request starts a fresh one
     session.ensure_worker()
     assert session.generation == 2
+
+
+def test_worker_runs_torch_on_one_thread_by_default(make_submission, session_for):
+    folder = make_submission({"m.py": "import torch\n\ndef threads():\n    return torch.get_num_threads()\n"})
+    session = session_for(folder)
+    module = session.request({"op": "import", "module": "m"})
+    fn = session.request({"op": "ref", "target": module, "name": "threads"})
+    assert session.request({"op": "call", "target": fn, "args": [], "kwargs": {}, "backward": None}) == 1

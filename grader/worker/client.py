@@ -123,6 +123,7 @@ class WorkerOptions:
     memory_limit: int | None = sandbox.DEFAULT_MEMORY_LIMIT
     max_bytes: int = 512 * 2**20
     seed: int = 0
+    threads: int = 1
 
 
 class WorkerProcess:
@@ -139,7 +140,8 @@ class WorkerProcess:
             workdir=str(self.workdir), submission_dir=str(self.workdir / "submission"),
             output_path=str(self.output_path),
             hidden_digests=[sandbox.path_digest(p) for p in (*options.hidden_paths, str(work_root))],
-            memory_limit=options.memory_limit, max_bytes=options.max_bytes, seed=options.seed)
+            memory_limit=options.memory_limit, max_bytes=options.max_bytes, seed=options.seed,
+            threads=options.threads)
         req_r, self.req_w = os.pipe()
         self.resp_r, resp_w = os.pipe()
         self.template = template()
