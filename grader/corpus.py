@@ -75,6 +75,10 @@ def judge(entry: Entry, options: GradeOptions | None = None) -> Verdict:
     """Grade one corpus entry with its stage's hidden tests and say whether it behaved."""
     options = options or GradeOptions()
     options.stage_names = [entry.stage]
+    if entry.kind == "buggy":   # a bug is proved once one test catches it (and names it): stop there
+        expect = entry.expect
+        options.stop_when = lambda record: (not record.passed and not record.internal_error and (
+            expect is None or expect in "\n".join(record.feedback)))
     scratch = Path(tempfile.mkdtemp(prefix="llmgrade-corpus-"))
     try:
         if entry.path.is_dir():

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -36,6 +37,7 @@ class GradeOptions:
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT
     hidden_paths: list[str] = field(default_factory=list)   # more paths the worker may not touch
     in_process: bool = False                                # benchmarks only: trusted code in-process
+    stop_when: Callable[[TestRecord], bool] | None = None   # stop early (the corpus: once a bug is caught)
 
 
 def grade(path: Path, options: GradeOptions | None = None) -> dict:
@@ -49,13 +51,13 @@ def grade(path: Path, options: GradeOptions | None = None) -> dict:
         loaded = submissions.load(Path(path), all_modules, scratch / "submission")
         session = GradingSession(
             loaded, devices=available_devices(options.device), call_timeout=options.call_timeout,
-            in_process=options.in_process,
+            in_process=options.in_process, stop_when=options.stop_when,
             worker_options=WorkerOptions(
                 hidden_paths=[str(stages.project_root()), *options.hidden_paths],
                 memory_limit=options.memory_limit))
         suites = [_suite(stage, options.tests) for stage in chosen]
         _run_pytest([str(s) for s in suites if s.exists()], session, options.test_timeout)
-        records = list(session.records.values())
+        records = session.finished_records()
         for stage, suite in zip(chosen, suites):
             if not suite.exists() or not any(r.stage == stage.name for r in records):
                 records.append(_no_tests(stage, suite))

@@ -22,7 +22,7 @@ import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 import torch
@@ -48,6 +48,7 @@ class TestRecord:
     feedback: list[str] = field(default_factory=list)
     printed: str = ""
     internal_error: bool = False
+    ran: bool = False
 
     @property
     def score(self) -> float:
@@ -91,8 +92,10 @@ class GradingSession:
 
     def __init__(self, submission: Submission | None, *, devices: list[str],
                  worker_options: WorkerOptions | None = None, call_timeout: float = 10.0,
-                 in_process: bool = False):
+                 in_process: bool = False, stop_when: Callable[[TestRecord], bool] | None = None):
         self.submission = submission
+        self.stop_when = stop_when      # stop the run once a finished test's record satisfies it
+        self.stopped_early = False
         self.devices = devices
         self.worker_options = worker_options or WorkerOptions()
         self.call_timeout = call_timeout
@@ -154,6 +157,7 @@ class GradingSession:
         record = self.records.get(item.nodeid)
         if record is None:
             return report
+        record.ran = True
         if report.failed or report.skipped:
             record.passed = False
             if report.skipped:
@@ -171,7 +175,22 @@ class GradingSession:
             remote = item.funcargs.get("student") if hasattr(item, "funcargs") else None
             if remote is not None and not record.passed:
                 record.printed = remote.output()[-MAX_PRINTED:]
+        if call.when == "teardown" and self.stop_when is not None and self.stop_when(record):
+            self.stopped_early = True
+            item.session.shouldstop = "stop_when"
         return report
+
+    def finished_records(self) -> list[TestRecord]:
+        """Every record; a test that never ran is dropped after a deliberate early stop, else failed."""
+        records = []
+        for record in self.records.values():
+            if not record.ran:
+                if self.stopped_early:
+                    continue
+                record.passed, record.internal_error = False, True
+                record.feedback.append("this test did not run (the grading run was interrupted)")
+            records.append(record)
+        return records
 
     def pytest_sessionfinish(self) -> None:
         for session in self._sessions:

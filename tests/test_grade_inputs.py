@@ -194,3 +194,13 @@ def test_cli_errors_are_one_line(args, message):
     assert run.returncode != 0
     assert message in run.stderr and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_stop_when_ends_the_run_after_the_first_matching_test(make_submission):
+    """The corpus runner stops a buggy entry's grading once a test caught it: only tests that ran count."""
+    broken = replace_function(REFERENCE, "build_vocab", "def build_vocab(words):\n    return {}, {}\n")
+    options = GradeOptions(stage_names=["bigram"], device="cpu", call_timeout=3.0,
+                           stop_when=lambda record: not record.passed)
+    results = graded(make_submission({"bigram.py": broken}), options)
+    assert len(results["tests"]) == 1 and results["tests"][0]["status"] == "failed"
+    assert "build_vocab" in results["tests"][0]["output"]
