@@ -1,0 +1,275 @@
+"""Hidden tests of stage `training`, part 2: estimate_loss, train, checkpoints.
+
+The submission trains the grader's TinyGPT inside the worker; the weights it leaves,
+the gradients its optimizer saw (TinyGPT records them with an optimizer step
+pre-hook) and the losses it reports are compared with the reference's on the same
+config. Weights are compared by the relative size of the difference of the updates
+(w - w0): Adam divides by sqrt(v), which magnifies float noise in a few
+near-zero gradients, so an element-wise tolerance would be unfair.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from grader.checks import CheckFailure, expect_close, expect_equal, expect_scalar
+from grader.remote import backward
+from training_checks import (config_for, expect_rel_close, flat, local_model, reference_run,
+                             remote_model, split, variant_train)
+
+TRAIN, VAL = slice(0, 20000), slice(0, 5000)
+UPDATE_RTOL = 1e-3      # of ||w - w0||; every named mistake moves the weights by > 5%
+GRAD_RTOL = 1e-4
+
+
+def data():
+    return split("train")[TRAIN], split("val")[VAL]
+
+
+def student_run(student, device, config, seed=0, record_steps=0):
+    model = remote_model(student, device, seed=seed, record_steps=record_steps)
+    train_data, val_data = data()
+    result = student.training.train(model, train_data, val_data, student.training.TrainConfig(**config))
+    if not isinstance(result, dict):
+        raise CheckFailure(f"train(...) should return a dict, got {type(result).__name__}")
+    return result, model
+
+
+def losses_of(result, what) -> torch.Tensor:
+    losses = result.get("train_loss")
+    if not isinstance(losses, (list, tuple)) or not all(isinstance(v, (int, float)) for v in losses):
+        raise CheckFailure(f"{what}: result['train_loss'] must be a list of floats, got {losses!r:.200}")
+    return torch.tensor([float(v) for v in losses], dtype=torch.float32)
+
+
+def update(state, w0) -> torch.Tensor:
+    return flat(state) - w0
+
+
+# ---- estimate_loss ------------------------------------------------------------------
+
+@pytest.mark.points(2)
+def test_estimate_loss_value(student, reference, device):
+    """estimate_loss: the mean loss of eval_steps batches drawn with get_batch(generator)"""
+    config = config_for(device, batch_size=5, block_size=12, eval_steps=4)
+    model = remote_model(student, device, seed=5)
+    gen = torch.Generator().manual_seed(21)
+    got = student.training.estimate_loss(model, split("val")[VAL], student.training.TrainConfig(**config), gen)
+    local = local_model(device, seed=5)
+    expected_gen = torch.Generator().manual_seed(21)
+    expected = reference.estimate_loss(local, split("val")[VAL], reference.TrainConfig(**config), expected_gen)
+    sums = {"the losses are summed, not averaged over eval_steps": expected * config["eval_steps"]}
+    expect_scalar(got, expected, what="estimate_loss(TinyGPT, val ids, batch 5, block 12, eval_steps=4)",
+                  atol=1e-5, rtol=1e-5, mistakes=sums)
+    expect_close(gen.get_state(), expected_gen.get_state(),
+                 what="the generator's state afterwards (draw each of the eval_steps batches with "
+                      "get_batch and the generator passed in)")
+
+
+@pytest.mark.points(2)
+def test_estimate_loss_mode(student, device):
+    """estimate_loss runs in eval mode without gradients, restores the mode, keeps the weights"""
+    model = remote_model(student, device, seed=6)
+    config = student.training.TrainConfig(**config_for(device, batch_size=2, block_size=8, eval_steps=3))
+    before = model.state_dict()
+    for mode in (True, False):
+        model.train(mode)
+        grad_calls, train_calls = model.grad_calls, model.train_mode_calls
+        student.training.estimate_loss(model, split("val")[VAL], config, torch.Generator().manual_seed(1))
+        if model.grad_calls != grad_calls:
+            raise CheckFailure("estimate_loss ran the model with gradients on: wrap the evaluation in "
+                               "torch.no_grad() (no graph is needed to measure a loss)")
+        if model.train_mode_calls != train_calls:
+            raise CheckFailure("estimate_loss ran the model in training mode: call model.eval() first "
+                               "(dropout must be off while measuring)")
+        if model.training != mode:
+            raise CheckFailure(f"estimate_loss left the model in {'training' if model.training else 'eval'} "
+                               f"mode, but it was in {'training' if mode else 'eval'} mode before: "
+                               "restore the previous mode (model.train(was_training))")
+    after = model.state_dict()
+    for name in before:
+        expect_close(after[name], before[name], what=f"the weights after estimate_loss ({name})", atol=0, rtol=0)
+
+
+# ---- train ----------------------------------------------------------------------------
+
+def train_mistakes(reference, device, config, w0, divide_matters=False):
+    def run(**knobs):
+        return lambda: update(variant_train(reference, device, config, **knobs)[1].state_dict(), w0)
+    mistakes = {
+        "the warm-up starts from 0 (step 0 must use lr_at(0) = max_lr / warmup_steps)": run(warmup_from_zero=True),
+        "the cosine decay is one step ahead": run(cosine_off_by_one=True),
+        "the batches come from one generator seeded once; step s must draw its micro-batches with "
+        "torch.Generator().manual_seed(config.seed + s)": run(seed_once=True),
+        "weight decay is applied to every parameter (use configure_optimizer's two groups)": run(decay_all=True),
+        "the gradients are not clipped before optimizer.step()": run(clip="none"),
+        "each parameter's gradient is clipped on its own; clip the GLOBAL norm over all parameters":
+            run(clip="per_param"),
+    }
+    if divide_matters:
+        mistakes["the micro-batch losses are not divided by grad_accum_steps"] = run(divide=False)
+    return mistakes
+
+
+@pytest.mark.points(4)
+def test_train_matches_reference(student, reference, device):
+    """train: 6 steps (warm-up, cosine, clipping, weight decay): losses and weights as the reference's"""
+    config = config_for(device)
+    result, model = student_run(student, device, config)
+    expected, local = reference_run(reference, device, config)
+    what = "train(TinyGPT, 6 steps, batch 4, block 16)"
+    expect_equal(result.get("steps"), 6, what=f"{what}: result['steps']")
+    w0 = flat(local_model(device).state_dict())
+    expect_rel_close(update(model.state_dict(), w0), update(local.state_dict(), w0),
+                     what=f"{what}: the trained weights (their change w - w0)", rtol=UPDATE_RTOL,
+                     mistakes=train_mistakes(reference, device, config, w0))
+    expect_close(losses_of(result, what), torch.tensor(expected["train_loss"]), atol=1e-4, rtol=1e-4,
+                 what=f"{what}: result['train_loss'] (the mean micro-batch loss of each step)")
+
+
+@pytest.mark.points(3)
+def test_train_accumulation(student, reference, device):
+    """train with grad_accum_steps=4: the optimizer sees the gradient of the mean loss"""
+    config = config_for(device, grad_accum_steps=4, max_steps=2, grad_clip=1e6)
+    what = "train(TinyGPT, grad_accum_steps=4, batch 4, no clipping)"
+    result, model = student_run(student, device, config, record_steps=2)
+    expected, local = reference_run(reference, device, config, record_steps=2)
+    seen, want = model.step_grads, local.step_grads
+    if len(seen) < 1:
+        raise CheckFailure(f"{what}: optimizer.step() was never called on an optimizer over the model's parameters")
+    grads = flat(seen[0])
+    expect_rel_close(grads, flat(want[0]), rtol=GRAD_RTOL,
+                     what=f"{what}: the gradient at the first optimizer.step()", mistakes={
+        "the micro-batch losses are not divided by grad_accum_steps (the gradient is 4 times too large)":
+            4 * flat(want[0]),
+        "the gradients are zeroed before each micro-batch, so only the last one counts":
+            lambda: flat(variant_train(reference, device, config, record_steps=1,
+                                       zero_grad_each_micro=True)[1].step_grads[0]),
+        "only one micro-batch is used per step": lambda: flat(reference_run(
+            reference, device, dict(config, grad_accum_steps=1), record_steps=1)[1].step_grads[0]),
+    })
+    expect_equal(len(seen), 2, what=f"{what}: the number of optimizer steps in a 2-step run")
+    w0 = flat(local_model(device).state_dict())
+    expect_rel_close(update(model.state_dict(), w0), update(local.state_dict(), w0), rtol=UPDATE_RTOL,
+                     what=f"{what}: the weights after 2 steps")
+    expect_close(losses_of(result, what), torch.tensor(expected["train_loss"]), atol=1e-4, rtol=1e-4,
+                 what=f"{what}: result['train_loss'] (the MEAN of the 4 micro-batch losses of each step)",
+                 mistakes={"the reported loss is the sum of the micro-batch losses, not their mean":
+                           4 * torch.tensor(expected["train_loss"])})
+
+
+@pytest.mark.points(2)
+def test_train_clipping(student, reference, device):
+    """train clips the global gradient norm to grad_clip before optimizer.step()"""
+    config = config_for(device, grad_clip=0.05, max_steps=2)
+    what = "train(TinyGPT, grad_clip=0.05)"
+    _, model = student_run(student, device, config, record_steps=2)
+    _, local = reference_run(reference, device, config, record_steps=2)
+    seen = model.step_grads
+    if len(seen) < 2:
+        raise CheckFailure(f"{what}: expected 2 optimizer steps over the model's parameters, saw {len(seen)}")
+    for step in range(2):
+        grads, want = flat(seen[step]), flat(local.step_grads[step])
+        variants = {
+            "each parameter's gradient is clipped to norm grad_clip on its own; clip the GLOBAL norm "
+            "(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))":
+                lambda: flat(variant_train(reference, device, config, record_steps=2,
+                                           clip="per_param")[1].step_grads[step]),
+            "the gradients are clipped by value (clip_grad_value_), not by their global norm":
+                lambda: flat(variant_train(reference, device, config, record_steps=2,
+                                           clip="value")[1].step_grads[step]),
+        }
+        norm = grads.norm().item()
+        if norm > 0.05 * 1.001:
+            raise CheckFailure(f"{what}: at optimizer step {step} the global gradient norm is {norm:.4g}, "
+                               f"above grad_clip = 0.05: looks like the gradients are not clipped before "
+                               f"optimizer.step() (clip between backward and step)")
+        expect_rel_close(grads, want, rtol=GRAD_RTOL, mistakes=variants,
+                         what=f"{what}: the gradient at optimizer step {step}")
+
+
+def test_train_result(student, reference, device):
+    """train returns steps, train_loss (one per step), val_loss (every eval_interval) and tokens_per_sec"""
+    config = config_for(device, max_steps=4, eval_interval=2)
+    result, _ = student_run(student, device, config)
+    what = "train(TinyGPT, max_steps=4, eval_interval=2)"
+    expect_equal(sorted(k for k in result if k in ("steps", "train_loss", "val_loss", "tokens_per_sec")),
+                 ["steps", "tokens_per_sec", "train_loss", "val_loss"], what=f"{what}: the result's keys")
+    expect_equal(result["steps"], 4, what=f"{what}: result['steps']")
+    expect_equal(len(losses_of(result, what)), 4, what=f"{what}: len(result['train_loss'])")
+    val = result["val_loss"]
+    if not isinstance(val, (list, tuple)) or len(val) < 2:
+        raise CheckFailure(f"{what}: result['val_loss'] should hold at least 2 evaluations (steps 2 and 4), "
+                           f"got {val!r:.200}")
+    speed = result["tokens_per_sec"]
+    if not isinstance(speed, (int, float)) or not speed > 0:
+        raise CheckFailure(f"{what}: result['tokens_per_sec'] should be a positive number, got {speed!r:.100}")
+
+
+# ---- checkpoints ------------------------------------------------------------------------
+
+@pytest.mark.points(2)
+def test_checkpoint_round_trip(student, device):
+    """save_checkpoint / load_checkpoint restore the model, AdamW's state and the step"""
+    what = "save_checkpoint then load_checkpoint into a fresh model and optimizer"
+    model = remote_model(student, device, seed=8)
+    optimizer = student.training.configure_optimizer(model, 1e-2, 0.1)
+    x = split("train")[:64].view(4, 16).to(device)
+    y = split("train")[1:65].view(4, 16).to(device)
+    for _ in range(2):
+        backward(model, x, y, output_index=1)
+        optimizer.step()
+    path = f"roundtrip-{device}.ckpt"
+    student.training.save_checkpoint(path, model, optimizer, 7)
+    fresh = remote_model(student, device, seed=9)
+    fresh_optimizer = student.training.configure_optimizer(fresh, 1e-2, 0.1)
+    step = student.training.load_checkpoint(path, fresh, fresh_optimizer)
+    expect_equal(step, 7, what=f"{what}: the step load_checkpoint returns")
+    saved, loaded = model.state_dict(), fresh.state_dict()
+    for name in saved:
+        expect_close(loaded[name], saved[name], atol=0, rtol=0, what=f"{what}: model weight {name}")
+    saved_state = optimizer.state_dict()["state"]
+    loaded_state = fresh_optimizer.state_dict()["state"]
+    if not loaded_state:
+        raise CheckFailure(f"{what}: the optimizer's state (AdamW's moment estimates) was not restored: "
+                           "save optimizer.state_dict() in the checkpoint and load it back")
+    expect_equal(sorted(loaded_state), sorted(saved_state), what=f"{what}: the optimizer state's entries")
+    for key in saved_state:
+        for name in ("exp_avg", "exp_avg_sq"):
+            expect_close(loaded_state[key][name], saved_state[key][name], atol=0, rtol=0,
+                         what=f"{what}: optimizer state {key} {name}")
+    other = remote_model(student, device, seed=10)
+    expect_equal(student.training.load_checkpoint(path, other), 7,
+                 what="load_checkpoint(path, model) without an optimizer")
+
+
+@pytest.mark.points(4)
+def test_checkpoint_resume(student, reference, device):
+    """train stopped with stop_after and resumed gives the same losses as a run never stopped"""
+    config = config_for(device)
+    what = "train(6 steps) stopped after 3 with stop_after=3, then resumed from the checkpoint"
+    whole, whole_model = student_run(student, device, config)
+    path = f"resume-{device}.ckpt"
+    first, _ = student_run(student, device, dict(config, checkpoint_path=path, stop_after=3))
+    second, resumed_model = student_run(student, device, dict(config, checkpoint_path=path), seed=1)
+    expect_equal(first.get("steps"), 3, what=f"{what}: result['steps'] of the first call")
+    expect_equal(second.get("steps"), 6, what=f"{what}: result['steps'] of the resumed call "
+                                            "(steps completed, the resumed ones included)")
+    got = torch.cat([losses_of(first, what), losses_of(second, what)])
+    want = losses_of(whole, what)
+    expected_variant = lambda **kw: torch.tensor(  # noqa: E731
+        variant_train(reference, device, config, resume_at=3, **kw)[0])
+    expect_close(got, want, atol=1e-4, rtol=1e-4,
+                 what=f"{what}: the train losses of both calls, joined (expected those of the run never stopped)",
+                 mistakes={
+                     "the optimizer state (AdamW's moments) is not saved in / restored from the checkpoint":
+                         lambda: expected_variant(resume_optimizer=False),
+                     "the step count is not restored: the resumed run starts the schedule and the "
+                     "batches from step 0 again": lambda: expected_variant(resume_step=False),
+                     "the batches come from one generator seeded once per call: step s must use "
+                     "torch.Generator().manual_seed(config.seed + s)": lambda: expected_variant(seed_once=True),
+                 })
+    w0 = flat(local_model(device).state_dict())
+    expect_rel_close(update(resumed_model.state_dict(), w0), update(whole_model.state_dict(), w0),
+                     rtol=UPDATE_RTOL, what=f"{what}: the weights at the end, against the run never stopped")

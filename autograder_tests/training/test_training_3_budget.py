@@ -1,0 +1,99 @@
+"""Hidden tests of stage `training`, part 3: a budgeted training run, graded by what was learned.
+
+The submission's `train` trains the grader's TinyGPT for a fixed number of steps on
+the hidden training plays (character level). The grader then reads the weights
+back, loads them into its own TinyGPT and measures the loss on the hidden validation
+play itself, over every non-overlapping window: the numbers `train` reports are
+never used. Points scale linearly from FLOOR (about what a model that only learned
+character frequencies reaches; an untrained one is at ln 81 = 4.39) to the target
+(slightly above what the reference reaches with the same budget).
+
+CPU: measured with the reference on the 2-core grading machine. CUDA (bf16 autocast,
+a larger config): the target is the reference's own result, measured here at test
+time, plus the same margin.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from grader.checks import CheckFailure
+from grader.worker import fixtures
+from training_checks import split
+
+FLOOR = 3.0
+MARGIN = 0.05
+
+BUDGETS = {
+    "cpu": dict(model=dict(vocab_size=81, block_size=32, d_model=64, n_layers=2, n_heads=4, seed=0),
+                config=dict(batch_size=16, block_size=32, max_steps=400, max_lr=6e-3, min_lr=6e-4,
+                            warmup_steps=40, weight_decay=0.1, grad_clip=1.0, eval_interval=100,
+                            eval_steps=10, seed=1337),
+                reference_loss=2.3588),   # the reference, measured on CPU (deterministic)
+    "cuda": dict(model=dict(vocab_size=81, block_size=128, d_model=192, n_layers=4, n_heads=6, seed=0),
+                 config=dict(batch_size=32, block_size=128, max_steps=1000, max_lr=3e-3, min_lr=3e-4,
+                             warmup_steps=100, weight_decay=0.1, grad_clip=1.0, eval_interval=250,
+                             eval_steps=10, seed=1337),
+                 reference_loss=None),
+}
+
+
+@torch.no_grad()
+def validation_loss(state: dict, model_kwargs: dict, device: str) -> float:
+    """The grader's own measurement: mean next-character loss over every full window of the
+    hidden validation play, float32, in eval mode."""
+    model = fixtures.build("TinyGPT", [], dict(model_kwargs, device=device))
+    model.load_state_dict({k: v.to(device=device, dtype=torch.float32) for k, v in state.items()})
+    val = split("val")
+    block = model_kwargs["block_size"]
+    n = (len(val) - 1) // block
+    x = val[:n * block].view(n, block)
+    y = val[1:n * block + 1].view(n, block)
+    total = 0.0
+    for i in range(0, n, 256):
+        _, loss = model(x[i:i + 256].to(device), y[i:i + 256].to(device))
+        total += loss.item() * len(x[i:i + 256])
+    return total / n
+
+
+_reference_cache: dict[str, float] = {}
+
+
+def reference_loss(reference, device: str) -> float:
+    budget = BUDGETS["cuda" if device != "cpu" else "cpu"]
+    if budget["reference_loss"] is not None:
+        return budget["reference_loss"]
+    if device not in _reference_cache:
+        model = fixtures.build("TinyGPT", [], dict(budget["model"], device=device))
+        reference.train(model, split("train"), split("val"), reference.TrainConfig(device=device, **budget["config"]))
+        _reference_cache[device] = validation_loss(model.state_dict(), budget["model"], device)
+    return _reference_cache[device]
+
+
+@pytest.mark.points(12)
+@pytest.mark.call_timeout(240)
+def test_budgeted_run(student, reference, device, credit, leaderboard):
+    """a budgeted training run: the validation loss the grader measures on held-out plays"""
+    budget = BUDGETS["cuda" if device != "cpu" else "cpu"]
+    model = student.fixture("TinyGPT", device=device, **budget["model"])
+    config = student.training.TrainConfig(device=device, **budget["config"])
+    start = time.perf_counter()
+    student.training.train(model, split("train"), split("val"), config)
+    seconds = time.perf_counter() - start
+    state = model.state_dict()
+    loss = validation_loss(state, budget["model"], device)
+    target = reference_loss(reference, device) + MARGIN
+    c = budget["config"]
+    tokens_per_sec = c["max_steps"] * c["batch_size"] * c["block_size"] / seconds
+    leaderboard.append({"name": f"validation loss ({device})", "value": round(loss, 4), "order": "asc"})
+    leaderboard.append({"name": f"training tokens/s ({device})", "value": round(tokens_per_sec), "order": "desc"})
+    summary = (f"validation loss measured by the grader on held-out plays: {loss:.4f} "
+               f"(full marks at {target:.2f} or below, none at {FLOOR:.2f} or above; "
+               f"an untrained model is at 4.39); {tokens_per_sec:,.0f} training tokens/s")
+    if not loss == loss:   # NaN
+        raise CheckFailure(f"the trained weights give a NaN validation loss: training diverged ({summary})")
+    credit.fraction = min(1.0, max(0.0, (FLOOR - loss) / (FLOOR - target)))
+    credit.message = summary
