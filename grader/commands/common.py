@@ -1,0 +1,46 @@
+"""What the commands share: the console, the --device and --stage options, the results summary."""
+
+from __future__ import annotations
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from grader import stages
+from grader.results import stage_scores
+
+console = Console(highlight=False)
+FEEDBACK_LINES = 8  # per failed test in the terminal; results.json has it all
+
+DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+                      show_default=True, help="Run numeric tests on these devices (auto: CPU, and CUDA when present).")
+
+
+def known_stages(ctx, param, names):
+    try:
+        stages.select(list(names))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return names
+
+
+def stage_option(help_text: str):
+    return click.option("--stage", "stage_names", multiple=True, metavar="STAGE", help=help_text,
+                        callback=known_stages)
+
+
+def show_results(results: dict) -> None:
+    table = Table("stage", "score", title="llmgrade")
+    for name, (score, maximum) in stage_scores(results).items():
+        table.add_row(name, f"{score:g} / {maximum:g}")
+    console.print(table)
+    if results.get("output") and results["output"] != "Graded.":
+        console.print(results["output"])
+    for test in results["tests"]:
+        if test["status"] == "failed":
+            lines = test["output"].splitlines() or [""]
+            shown = lines[:FEEDBACK_LINES] + (["..."] if len(lines) > FEEDBACK_LINES else [])
+            console.print(f"[red]✗[/] {escape(test['name'])}: {escape(shown[0])}", soft_wrap=True)
+            for line in shown[1:]:
+                console.print(f"    {escape(line)}", soft_wrap=True)

@@ -1,0 +1,36 @@
+"""`llmgrade grade`: one submission, the hidden tests, a results.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from grader.commands.common import DEVICE, console, show_results, stage_option
+from grader.grade import GradeOptions, grade
+from grader.results import write
+
+
+@click.command("grade")
+@click.argument("submission", type=click.Path(exists=True, path_type=Path))
+@stage_option("Grade only this stage (repeatable). Default: every stage.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.json"),
+              show_default=True, help="Where to write Gradescope's results.json.")
+@DEVICE
+@click.option("--timeout", "call_timeout", type=float, default=10.0, show_default=True,
+              help="Seconds each call into the submission may take.")
+def command(submission: Path, stage_names: tuple[str, ...], out: Path, device: str,
+            call_timeout: float) -> None:
+    """Grade one SUBMISSION (a folder, a .zip or notebooks) with the hidden tests.
+
+    Writes results.json in Gradescope's schema and prints a summary. Exits 0
+    whenever grading completed, whatever the score.
+
+    Example: llmgrade grade submissions/ada.zip --stage bigram --out ada.json
+    """
+    options = GradeOptions(stage_names=list(stage_names), device=device, call_timeout=call_timeout,
+                           hidden_paths=[str(out.resolve().parent)])
+    results = grade(submission, options)
+    write(results, out)
+    show_results(results)
+    console.print(f"results written to {out}")
