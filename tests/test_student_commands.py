@@ -1,0 +1,170 @@
+"""`llmgrade check` and `llmgrade submit`, end to end from the command line, on the bigram stage.
+
+Each test runs `python -m grader ...` in a fresh folder, the way a student does
+in their working copy: a correct one, a broken one (syntax error), a notebook
+one, one with stages missing.
+"""
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from grader import notebook_build, stages
+
+ROOT = Path(__file__).resolve().parent.parent
+BIGRAM = stages.select(["bigram"], ROOT)[0]
+BROKEN = "import torch\n\n\ndef build_vocab(words)\n    return {}, {}\n"
+
+
+def llmgrade(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "LLMGRADE_DEBUG"}
+    return subprocess.run([sys.executable, "-m", "grader", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def llmgrade_here(*args: str, cwd: Path, capsys, monkeypatch) -> subprocess.CompletedProcess:
+    """The same entry point in this process (for quick cases that never reach a worker or pytest)."""
+    from grader.cli import main
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "argv", ["llmgrade", *args])
+    capsys.readouterr()
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def correct(tmp_path) -> Path:
+    """A working copy with the reference bigram.py, a helper it imports, and things that must not be packed."""
+    folder = tmp_path / "correct"
+    folder.mkdir()
+    (folder / "bigram.py").write_text(BIGRAM.solution.read_text() + "\nfrom mytools import HELPER  # noqa\n")
+    (folder / "mytools.py").write_text("HELPER = 1\n")
+    (folder / "names.txt").write_text("emma\nolivia\n")
+    (folder / "scratch.py").write_text("print('not imported by any stage')\n")
+    (folder / "__pycache__").mkdir()
+    (folder / "__pycache__" / "bigram.cpython-311.pyc").write_bytes(b"\0")
+    return folder
+
+
+@pytest.fixture
+def broken(tmp_path) -> Path:
+    """bigram.py has a syntax error; sampling.py imports a module that is not there."""
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    (folder / "bigram.py").write_text(BROKEN)
+    (folder / "sampling.py").write_text("import torch\nfrom helpers_gone import thing\n")
+    return folder
+
+
+@pytest.fixture
+def notebook(tmp_path) -> Path:
+    """A working copy holding only bigram.ipynb: the reference's code in the stage notebook's layout."""
+    folder = tmp_path / "notebook"
+    folder.mkdir()
+    (folder / "bigram.ipynb").write_text(notebook_build.notebook_text(
+        BIGRAM.solution.read_text(), BIGRAM.handout.read_text(), "bigram"))
+    return folder
+
+
+def test_check_a_correct_stage_prints_full_marks_and_exits_0(correct):
+    result = llmgrade("check", "bigram", "--device", "cpu", cwd=correct)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "bigram" in result.stdout and "11 / 11" in result.stdout
+    assert "All public tests passed" in result.stdout and "✗" not in result.stdout
+
+
+def test_check_a_broken_stage_says_why_once_and_exits_1(broken):
+    result = llmgrade("check", "bigram", "--path", str(broken), "--device", "cpu", cwd=broken.parent)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "0 / 11" in result.stdout
+    assert "SyntaxError" in result.stdout and "line 4" in result.stdout
+    assert result.stdout.count("SyntaxError") == 1          # one cause, said once
+    assert "Traceback" not in result.stdout and "pytest" not in result.stdout
+
+
+def test_check_the_skeleton_lists_each_failure_in_a_line_or_two(tmp_path):
+    (tmp_path / "bigram.py").write_text(BIGRAM.skeleton.read_text())
+    result = llmgrade("check", "bigram", "--device", "cpu", cwd=tmp_path)
+    assert result.returncode == 1
+    failures = [line for line in result.stdout.splitlines() if line.startswith("✗ bigram: ")]
+    assert len(failures) == 11
+    assert "bigram.nll(...) is not implemented yet" in result.stdout
+
+
+def test_check_grades_a_notebook(notebook):
+    result = llmgrade("check", "bigram", "--device", "cpu", cwd=notebook)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "11 / 11" in result.stdout and "bigram.ipynb: graded its exported cells" in result.stdout
+
+
+def test_check_bad_arguments_are_one_line(tmp_path, capsys, monkeypatch):
+    def run(*args):
+        return llmgrade_here(*args, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    assert "unknown stage 'bigrams'" in one_line_error(run("check", "bigrams"))
+    assert "no stage module" in one_line_error(run("check"))
+    assert "'nowhere' does not exist" in one_line_error(run("check", "--path", "nowhere"))
+
+
+def test_submit_packs_only_what_is_graded_and_warns_about_missing_stages(correct, tmp_path):
+    out = tmp_path / "out" / "submission.zip"
+    result = llmgrade("submit", "--out", str(out), cwd=correct)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "missing stages" in result.stdout and "tokenizer" in result.stdout and "training" in result.stdout
+    with zipfile.ZipFile(out) as zf:
+        assert sorted(zf.namelist()) == ["bigram.py", "mytools.py"]
+        assert zf.read("bigram.py") == (correct / "bigram.py").read_bytes()
+
+
+def test_submit_refuses_broken_modules_and_writes_nothing(broken):
+    result = llmgrade("submit", cwd=broken)
+    assert result.returncode == 1
+    assert "bigram.py, line 4: syntax error" in result.stdout
+    assert "importing sampling.py raised ModuleNotFoundError" in result.stdout and "helpers_gone" in result.stdout
+    assert "nothing was written" in one_line_error(result)
+    assert not (broken / "submission.zip").exists()
+    forced = llmgrade("submit", "--force", cwd=broken)
+    assert forced.returncode == 0 and (broken / "submission.zip").exists()
+
+
+def test_submit_packs_a_notebook(notebook, tmp_path):
+    result = llmgrade("submit", "--path", str(notebook), "--out", str(tmp_path / "nb.zip"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with zipfile.ZipFile(tmp_path / "nb.zip") as zf:
+        assert zf.namelist() == ["bigram.ipynb"]
+
+
+def test_submit_refuses_an_invalid_notebook(tmp_path, capsys, monkeypatch):
+    (tmp_path / "bigram.ipynb").write_text('{"cells": [')
+    result = llmgrade_here("submit", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    assert result.returncode == 1 and "bigram.ipynb is not a valid Jupyter notebook" in result.stdout
+
+
+def test_submit_bad_arguments_are_one_line(tmp_path, correct, capsys, monkeypatch):
+    def run(*args, cwd):
+        return llmgrade_here(*args, cwd=cwd, capsys=capsys, monkeypatch=monkeypatch)
+    assert "does not end in .zip" in one_line_error(run("submit", "--out", "x.txt", cwd=correct))
+    assert "no stage module" in one_line_error(run("submit", cwd=tmp_path))
+    assert "--frobnicate" in one_line_error(run("submit", "--frobnicate", cwd=correct))
+
+
+@pytest.mark.parametrize("name", ["check", "submit"])
+def test_help_shows_an_example(name, tmp_path, capsys, monkeypatch):
+    result = llmgrade_here(name, "--help", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    assert result.returncode == 0 and f"Example: llmgrade {name} " in result.stdout
