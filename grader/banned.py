@@ -65,6 +65,19 @@ class _Banned:
         return self.objects.get(id(obj))
 
 
+def declared_banned_apis(*sources: Path) -> tuple[str, ...]:
+    """`BANNED_APIS` as written in the first of `sources` that exists (the reference, else its
+    skeleton, which copies it), read as a literal: never imported, never the submission's."""
+    for path in sources:
+        if Path(path).is_file():
+            for node in ast.parse(Path(path).read_text(encoding="utf-8")).body:
+                if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                        and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "BANNED_APIS"):
+                    return tuple(ast.literal_eval(node.value))
+            return ()
+    return ()
+
+
 def submission_modules(root: Path) -> set[str]:
     """Top-level module names the submission provides (files and packages at its root)."""
     return {p.stem for p in root.glob("*.py")} | {p.name for p in root.iterdir()

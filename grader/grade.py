@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
+import click
 import pytest
 
 from grader import results as gradescope
@@ -43,6 +44,9 @@ class GradeOptions:
 def grade(path: Path, options: GradeOptions | None = None) -> dict:
     """Grade the submission at `path`; returns a validated Gradescope results dict."""
     options = options or GradeOptions()
+    if options.tests == "hidden" and not (stages.project_root() / "autograder_tests").is_dir():
+        raise click.ClickException("hidden tests are not part of the student bundle; "
+                                   "`llmgrade check` runs the public tests")
     started = time.monotonic()
     chosen = stages.select(options.stage_names)
     all_modules = [s.name for s in stages.discover()]

@@ -28,6 +28,7 @@ import pytest
 import torch
 
 from grader import stages
+from grader.banned import declared_banned_apis
 from grader.checks import CheckFailure
 from grader.remote import LocalSubmission, RemoteSubmission, StudentCodeError, SubmissionProblem
 from grader.submission import Submission
@@ -241,19 +242,27 @@ class GradingSession:
 
 
 def load_reference(stage: str):
-    """The reference solution module of `stage`, imported in the grading process."""
-    solutions = str(stages.project_root() / "solutions")
-    if solutions not in sys.path:
-        sys.path.insert(0, solutions)
-    return importlib.import_module(stage)
+    """The reference solution module of `stage` (solutions/<stage>.py), imported in the grading process.
+
+    Only from solutions/: a same-named module elsewhere on sys.path (a student's working copy,
+    where `llmgrade check` runs) must never be imported here.
+    """
+    solutions = stages.project_root() / "solutions"
+    path = solutions / f"{stage}.py"
+    if not path.is_file():
+        raise pytest.UsageError(f"no reference solution {path} (solutions/ is not part of the student bundle)")
+    if str(solutions) not in sys.path:
+        sys.path.insert(0, str(solutions))
+    module = importlib.import_module(stage)
+    if Path(getattr(module, "__file__", "") or "").resolve() != path.resolve():
+        raise pytest.UsageError(f"module {stage!r} was imported from {module.__file__}, not from {path}")
+    return module
 
 
 def banned_apis(stage: str) -> tuple[str, ...]:
-    """The APIs `stage` bans, read from its reference (`BANNED_APIS`), never from the submission."""
-    try:
-        return tuple(getattr(load_reference(stage), "BANNED_APIS", ()))
-    except ImportError:
-        return ()
+    """The APIs `stage` bans, read from its reference (or its skeleton), never from the submission."""
+    root = stages.project_root()
+    return declared_banned_apis(root / "solutions" / f"{stage}.py", root / "assignments" / f"{stage}.py")
 
 
 # -- standalone use: pytest -p grader.pytest_plugin --submission DIR

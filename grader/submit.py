@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grader import stages
-from grader.banned import find_banned_apis
+from grader.banned import declared_banned_apis, find_banned_apis
 from grader.notebooks import NotebookError, export_module
 from grader.remote import RemoteSubmission, StudentCodeError, SubmissionProblem
 from grader.worker.client import WorkerOptions, WorkerSession
@@ -64,15 +64,8 @@ class Report:
 
 
 def banned_apis(stage: stages.Stage) -> tuple[str, ...]:
-    """The stage's `BANNED_APIS`, read as a literal from its skeleton (or reference); () when none."""
-    for path in (stage.skeleton, stage.solution):
-        if path.is_file():
-            for node in ast.parse(path.read_text(encoding="utf-8")).body:
-                if (isinstance(node, ast.Assign) and len(node.targets) == 1
-                        and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "BANNED_APIS"):
-                    return tuple(ast.literal_eval(node.value))
-            return ()
-    return ()
+    """The stage's `BANNED_APIS`, read as a literal from its reference or skeleton; () when none."""
+    return declared_banned_apis(stage.solution, stage.skeleton)
 
 
 def has_stage_modules(folder: Path, names: list[str]) -> bool:
