@@ -81,7 +81,7 @@ def test_budgeted_run(student, reference, device, credit, leaderboard):
     model = student.fixture("TinyGPT", device=device, **budget["model"])
     config = student.training.TrainConfig(device=device, **budget["config"])
     start = time.perf_counter()
-    student.training.train(model, split("train"), split("val"), config)
+    history = student.training.train(model, split("train"), split("val"), config)
     seconds = time.perf_counter() - start
     state = model.state_dict()
     loss = validation_loss(state, budget["model"], device)
@@ -96,4 +96,17 @@ def test_budgeted_run(student, reference, device, credit, leaderboard):
     if not loss == loss:   # NaN
         raise CheckFailure(f"the trained weights give a NaN validation loss: training diverged ({summary})")
     credit.fraction = min(1.0, max(0.0, (FLOOR - loss) / (FLOOR - target)))
-    credit.message = summary
+    credit.message = summary + reported_curve(history)
+
+
+def reported_curve(history) -> str:
+    """The student's own train_loss, for the feedback page's plot only (never for the grade)."""
+    losses = history.get("train_loss") if isinstance(history, dict) else None
+    if not isinstance(losses, list) or not losses:
+        return ""
+    values = [float(x) for x in losses if isinstance(x, (int, float)) and not isinstance(x, bool)]
+    if len(values) != len(losses):
+        return ""
+    stride = max(1, len(values) // 50)
+    return ("\ntrain_loss (as reported by your train(), not graded): ["
+            + ", ".join(f"{v:.3f}" for v in values[::stride]) + "]")

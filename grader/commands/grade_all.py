@@ -1,0 +1,76 @@
+"""`llmgrade grade-all`: every submission of a folder, in parallel, into results, feedback pages and a gradebook."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from grader import gradebook
+from grader.commands.common import DEVICE, console, stage_option
+from grader.grade_all import DEFAULT_SUBMISSION_TIMEOUT, BatchOptions, Outcome, grade_all, parse_shard
+
+
+def _shard(ctx, param, value):
+    if value is None:
+        return (1, 1)
+    try:
+        return parse_shard(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command("grade-all")
+@click.argument("submissions_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for <id>/results.json, <id>/feedback.html and gradebook.csv.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Submissions graded at the same time (one grading process each).")
+@click.option("--shard", metavar="I/N", callback=_shard, default=None,
+              help="Grade only the I-th of N slices of the sorted ids (1-based: 1/4 ... 4/4), "
+                   "for cluster job arrays; writes gradebook-shard-I-of-N.csv.")
+@click.option("--force", is_flag=True, help="Grade again what already has a valid results.json.")
+@stage_option("Grade only this stage (repeatable). Default: every stage.")
+@DEVICE
+@click.option("--timeout", "call_timeout", type=float, default=10.0, show_default=True,
+              help="Seconds each call into a submission may take.")
+@click.option("--submission-timeout", type=click.FloatRange(min=1), default=DEFAULT_SUBMISSION_TIMEOUT,
+              show_default=True, help="Seconds one whole submission may take before it is stopped.")
+def command(submissions_dir: Path, out: Path, workers: int, shard: tuple[int, int], force: bool,
+            stage_names: tuple[str, ...], device: str, call_timeout: float, submission_timeout: float) -> None:
+    """Grade every submission in SUBMISSIONS_DIR (a sub-folder or .zip each, named by student id).
+
+    Writes OUT/<id>/results.json, OUT/<id>/feedback.html and OUT/gradebook.csv
+    (one row per student). A broken submission is one row with its error; a
+    re-run skips what is already graded unless --force.
+
+    Example: llmgrade grade-all submissions/ --out graded/ --workers 2
+    """
+    if out.resolve() == submissions_dir.resolve() or submissions_dir.resolve() in out.resolve().parents:
+        raise click.BadParameter("--out must not be inside SUBMISSIONS_DIR (it would be graded as a submission)")
+    options = BatchOptions(stage_names=list(stage_names), device=device, call_timeout=call_timeout,
+                           workers=workers, shard=shard, force=force, submission_timeout=submission_timeout)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=False) as progress:
+        task = progress.add_task("grading", total=None)
+
+        def started(to_grade: int, skipped: int) -> None:
+            progress.update(task, total=to_grade)
+            if skipped:
+                progress.console.print(f"skipping {skipped} already graded (--force grades them again)")
+
+        def done(outcome: Outcome) -> None:
+            if outcome.status == "error":
+                progress.console.print(f"[red]{escape(outcome.id)}[/]: {escape(outcome.error)}")
+            progress.advance(task)
+
+        outcomes = grade_all(submissions_dir, out, options, progress=done, on_start=started)
+    i, n = shard
+    target = out / ("gradebook.csv" if n == 1 else f"gradebook-shard-{i}-of-{n}.csv")
+    rows, _ = gradebook.collect([out], only={o.id for o in outcomes})
+    gradebook.write(rows, target)
+    counts = {status: sum(o.status == status for o in outcomes) for status in ("graded", "skipped", "error")}
+    console.print(f"{len(outcomes)} submissions: {counts['graded']} graded, {counts['skipped']} skipped, "
+                  f"{counts['error']} could not be graded; gradebook written to {target}")

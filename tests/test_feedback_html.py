@@ -1,0 +1,106 @@
+"""feedback.html: one self-contained page per results.json; `llmgrade grade --html` end to end."""
+
+import html
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from grader.feedback_html import find_curves, mismatch_table, render
+from grader.stages import project_root
+
+
+def _results(tests, **extra):
+    return {"score": sum(t["score"] for t in tests), "execution_time": 1.5, "output": "Graded.",
+            "tests": tests, "leaderboard": [], **extra}
+
+
+def _test(name, score, max_score, output, stage="bigram", **extra):
+    return {"name": f"{stage}: {name}", "score": score, "max_score": max_score,
+            "status": "passed" if score == max_score else "failed", "output": output, "tags": [stage], **extra}
+
+
+def test_stages_tests_and_scores_are_shown():
+    page = render(_results([_test("build_vocab", 2, 2, "passed"),
+                            _test("nll", 0, 3, "nll: looks like the NLL is summed\n(got 6.43817, expected 0.715352)"),
+                            _test("softmax rows", 1, 4, "partly", stage="cross_entropy")]), title="Feedback for ada")
+    assert "Feedback for ada" in page
+    assert "bigram: 2 / 5" in page and "cross_entropy: 1 / 4" in page and "Total: 3 / 9" in page
+    assert "looks like the NLL is summed" in page
+    assert page.index("bigram: build_vocab") < page.index("cross_entropy: softmax rows")
+
+
+def test_everything_from_results_is_escaped():
+    page = render(_results([_test("<script>alert(1)</script>", 0, 1, "got <b>x</b> & more")]))
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<b>x</b>" not in page and "&lt;b&gt;x&lt;/b&gt; &amp; more" in page
+
+
+def test_self_contained():
+    page = render(_results([_test("a", 1, 1, "passed", extra_data={"train_loss": [4.0, 3.0, 2.5]})]))
+    for external in ("<link", "src=", "@import", "url("):
+        assert external not in page
+    assert "<style>" in page and "<svg" in page
+
+
+def test_tensor_mismatch_becomes_a_table():
+    table = mismatch_table("scaled_dot_product_attention(q, k, v): max abs error 0.31 at index (0, 2, 5): "
+                           "got 0.1, expected 0.41 (tolerance 1e-05 + 0.0001·|expected|); 3 of 64 entries differ")
+    cells = [c.split("</td>")[0] for c in table.split("<td>")[1:]]
+    assert cells == ["max abs error", "(0, 2, 5)", "0.1", "0.41", "0.31", "1e-05 + 0.0001·|expected|"]
+    assert "<td>shape</td><td></td><td>(2, 8, 4)</td><td>(2, 4, 8)</td>" in mismatch_table(
+        "forward: expected shape (2, 4, 8), got (2, 8, 4)")
+    assert mismatch_table("bigram.py is missing from your submission") == ""
+
+
+def test_training_curve_from_extra_data_or_output():
+    assert find_curves({"extra_data": {"train_loss": [4.2, 3.1, "nan", 2.0]}}) == {"train_loss": [4.2, 3.1, 2.0]}
+    assert find_curves({"output": "val loss 2.3\ntrain_loss: [4.2, 3.5, 2.9]\nval_loss = [3.0, 2.6]"}) == {
+        "train_loss": [4.2, 3.5, 2.9], "val_loss": [3.0, 2.6]}
+    assert find_curves({"output": "train_loss: [4.2]"}) == {}   # one point is not a curve
+    page = render(_results([_test("a budgeted training run", 6, 12, "train_loss: [4.2, 3.5, 2.9]",
+                                  stage="training")],
+                           leaderboard=[{"name": "validation loss (cpu)", "value": 2.41, "order": "asc"}]))
+    assert "<polyline" in page and "validation loss (cpu)" in page and "2.41" in page
+
+
+@pytest.fixture(scope="module")
+def graded_page(tmp_path_factory):
+    """`llmgrade grade --html` on a buggy bigram (the NLL summed): the page and the results."""
+    folder = tmp_path_factory.mktemp("html")
+    submission = folder / "carl"
+    submission.mkdir()
+    shutil.copy(project_root() / "tests/corpus/bigram/buggy/nll_sum.py", submission / "bigram.py")
+    run = subprocess.run([sys.executable, "-m", "grader", "grade", str(submission), "--stage", "bigram",
+                          "--device", "cpu", "--out", str(folder / "out/results.json"),
+                          "--html", str(folder / "out/feedback.html")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return folder / "out/feedback.html", json.loads((folder / "out/results.json").read_text())
+
+
+def test_grade_writes_the_html_page(graded_page):
+    page_path, results = graded_page
+    page = page_path.read_text(encoding="utf-8")
+    for test in results["tests"]:
+        assert html.escape(test["name"]) in page
+    assert "looks like the NLL is summed" in page and "class=\"mismatch\"" in page
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(not _chromium(), reason="no headless Chromium here (Debian package `chromium`)")
+def test_renders_in_headless_chromium(graded_page):
+    page_path, results = graded_page
+    run = subprocess.run([_chromium(), "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom",
+                          page_path.resolve().as_uri()], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    dom = run.stdout
+    assert "<table" in dom and "bigram: " in dom
+    failed = [t["name"] for t in results["tests"] if t["status"] == "failed"]
+    assert failed and all(name.split(": ", 1)[1].split("(")[0] in dom for name in failed)

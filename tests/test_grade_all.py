@@ -1,0 +1,174 @@
+"""`llmgrade grade-all` and `llmgrade gradebook`, end to end from the command line (stage bigram only).
+
+The batch: a reference copy, a buggy corpus entry, a zip of the reference, a garbage
+zip and a folder whose bigram.py calls os._exit at import -> five rows, errors where
+expected; a re-run skips; shards 1/2 + 2/2 merged equal the unsharded gradebook.
+"""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from grader.grade_all import find_submissions, parse_shard, take_shard
+from grader.stages import project_root
+
+ROOT = project_root()
+
+
+def llmgrade(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "grader", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def grade_all(subs, out, *more):
+    return llmgrade("grade-all", subs, "--out", out, "--stage", "bigram", "--device", "cpu", *more)
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batch")
+    subs = root / "subs"
+    for name in ("ada", "carl", "eve"):
+        (subs / name).mkdir(parents=True)
+    shutil.copy(ROOT / "solutions/bigram.py", subs / "ada/bigram.py")
+    shutil.copy(ROOT / "tests/corpus/bigram/buggy/nll_sum.py", subs / "carl/bigram.py")
+    (subs / "eve/bigram.py").write_text("import os\nos._exit(3)\n")
+    with zipfile.ZipFile(subs / "bob.zip", "w") as archive:
+        archive.write(ROOT / "solutions/bigram.py", "bigram.py")
+    (subs / "dan.zip").write_bytes(b"this is not a zip")
+    (subs / "notes.txt").write_text("not a submission")
+    run = grade_all(subs, root / "out", "--workers", "2")
+    assert run.returncode == 0, run.stdout + run.stderr
+    return subs, root / "out", run
+
+
+def test_every_submission_is_one_row(batch):
+    subs, out, run = batch
+    rows = {row["id"]: row for row in read_csv(out / "gradebook.csv")}
+    assert list(rows) == ["ada", "bob", "carl", "dan", "eve"]
+    assert list(read_csv(out / "gradebook.csv")[0]) == ["id", "bigram", "total", "max_total", "error"]
+    assert rows["ada"]["bigram"] == rows["ada"]["total"] == rows["ada"]["max_total"] == rows["bob"]["total"]
+    assert rows["ada"]["error"] == "" and rows["bob"]["error"] == "" and rows["carl"]["error"] == ""
+    assert 0 < float(rows["carl"]["total"]) < float(rows["ada"]["total"])
+    assert rows["dan"]["total"] == "0" and "zip could not be read" in rows["dan"]["error"]
+    assert rows["eve"]["total"] == "0" and "exit code 3" in rows["eve"]["error"]
+    for sid in rows:
+        results = json.loads((out / sid / "results.json").read_text())
+        assert results["tests"] and (out / sid / "feedback.html").read_text().startswith("<!DOCTYPE html>")
+    assert "looks like the NLL is summed" in (out / "carl/feedback.html").read_text()
+    assert "5 graded" in run.stdout
+
+
+def test_rerun_skips_what_is_graded_unless_forced(batch):
+    subs, out, _ = batch
+    before = (out / "ada/results.json").stat().st_mtime_ns
+    (out / "bob/results.json").write_text("{not json")   # a broken result is graded again
+    (out / "carl/feedback.html").unlink()                # a missing page is rewritten
+    run = grade_all(subs, out, "--workers", "2")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 graded, 4 skipped" in run.stdout
+    assert (out / "ada/results.json").stat().st_mtime_ns == before
+    assert json.loads((out / "bob/results.json").read_text())["score"] > 0
+    assert (out / "carl/feedback.html").exists()
+
+
+def test_shards_merge_into_the_same_gradebook(batch, tmp_path):
+    subs, out, _ = batch
+    runs = [subprocess.Popen([sys.executable, "-m", "grader", "grade-all", str(subs), "--out",
+                              str(tmp_path / f"shard{i}"), "--shard", f"{i}/2", "--stage", "bigram",
+                              "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for i in (1, 2)]
+    for run in runs:
+        assert run.wait(timeout=300) == 0, run.stdout.read()
+    assert [r["id"] for r in read_csv(tmp_path / "shard1/gradebook-shard-1-of-2.csv")] == ["ada", "carl", "eve"]
+    assert [r["id"] for r in read_csv(tmp_path / "shard2/gradebook-shard-2-of-2.csv")] == ["bob", "dan"]
+    merged = llmgrade("gradebook", tmp_path / "shard1", tmp_path / "shard2", "--out", tmp_path / "merged.csv")
+    assert merged.returncode == 0, merged.stdout + merged.stderr
+    assert read_csv(tmp_path / "merged.csv") == read_csv(out / "gradebook.csv")
+    again = llmgrade("gradebook", out, tmp_path / "shard1", "--out", tmp_path / "dup.csv")
+    assert again.returncode == 0 and "warning" in again.stdout and "ada" in again.stdout
+
+
+def test_a_submission_over_its_time_is_one_error_row_and_graded_again(tmp_path):
+    subs = tmp_path / "subs"
+    (subs / "ada").mkdir(parents=True)
+    shutil.copy(ROOT / "solutions/bigram.py", subs / "ada/bigram.py")
+    run = grade_all(subs, tmp_path / "out", "--submission-timeout", "1")
+    assert run.returncode == 0, run.stdout + run.stderr
+    row, = read_csv(tmp_path / "out/gradebook.csv")
+    assert row["id"] == "ada" and row["total"] == "" and "longer than 1 s" in row["error"]
+    assert "grading failed" in (tmp_path / "out/ada/feedback.html").read_text()
+    rerun = grade_all(subs, tmp_path / "out", "--submission-timeout", "1")
+    assert "0 skipped" in rerun.stdout
+
+
+def test_two_submissions_for_one_id_is_an_error_row(tmp_path):
+    subs = tmp_path / "subs"
+    (subs / "bob").mkdir(parents=True)
+    (subs / "bob.zip").write_bytes(b"")
+    run = grade_all(subs, tmp_path / "out")
+    assert run.returncode == 0, run.stdout + run.stderr
+    row, = read_csv(tmp_path / "out/gradebook.csv")
+    assert "two submissions for bob" in row["error"]
+
+
+def test_shard_slices_are_deterministic_and_cover_everything(tmp_path):
+    for name in ("c", "a", "e", "b", "d"):
+        (tmp_path / name).mkdir()
+    ids = list(find_submissions(tmp_path))
+    assert ids == ["a", "b", "c", "d", "e"]
+    slices = [take_shard(ids, (i, 3)) for i in (1, 2, 3)]
+    assert slices == [["a", "d"], ["b", "e"], ["c"]]
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("0/2", "3/2", "x", "1/0", "1-2"):
+        with pytest.raises(ValueError):
+            parse_shard(bad)
+
+
+def main_in_process(args, capsys, monkeypatch):
+    """`llmgrade ARGS` through grader.cli.main, in this process (the same code path, no torch start-up)."""
+    from grader.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["llmgrade", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as ended:
+        code = ended.code or 0
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["grade-all", "SUBS", "--out", "OUT", "--shard", "3/2"], "1 <= I <= N"),
+    (["grade-all", "SUBS", "--out", "OUT", "--shard", "two"], "I/N with whole numbers"),
+    (["grade-all", "SUBS", "--out", "OUT", "--workers", "0"], "--workers"),
+    (["grade-all", "SUBS", "--out", "SUBS/graded"], "must not be inside"),
+    (["grade-all", "SUBS/missing", "--out", "OUT"], "does not exist"),
+    (["grade-all", "SUBS", "--out", "OUT", "--stage", "nope"], "unknown stage"),
+    (["gradebook", "SUBS", "--out", "OUT/g.csv"], "no <id>/results.json"),
+])
+def test_bad_arguments_are_one_clear_line(tmp_path, capsys, monkeypatch, args, words):
+    (tmp_path / "subs").mkdir()
+    args = [a.replace("SUBS", str(tmp_path / "subs")).replace("OUT", str(tmp_path / "out")) for a in args]
+    code, _, err = main_in_process(args, capsys, monkeypatch)
+    assert code != 0
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert words in err
+
+
+@pytest.mark.parametrize("command", ["grade-all", "gradebook", "grade"])
+def test_help_shows_an_example(capsys, monkeypatch, command):
+    code, out, _ = main_in_process([command, "--help"], capsys, monkeypatch)
+    assert code == 0 and f"Example: llmgrade {command}" in out
