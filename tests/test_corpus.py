@@ -24,3 +24,14 @@ def test_corpus_entry(entry):
 def test_corpus_is_big_enough(stage):
     kinds = [e.kind for e in ENTRIES if e.stage == stage]
     assert kinds.count("buggy") >= 6 and kinds.count("correct") >= 2
+
+
+def test_an_entry_whose_hidden_tests_crash_is_not_proved(monkeypatch, tmp_path):
+    """A buggy entry "caught" only by a crashing hidden test proves nothing: the verdict fails."""
+    crashed = {"score": 0.0, "tests": [{"name": "x: t", "score": 0.0, "max_score": 1.0, "status": "failed",
+                                        "output": "the grader could not check this result", "tags": ["x", "grader-error"]}]}
+    monkeypatch.setattr(corpus, "grade", lambda path, options: crashed)
+    entry_file = tmp_path / "bug.py"
+    entry_file.write_text('"""BUG: anything"""\n')
+    verdict = corpus.judge(corpus.Entry("x", "buggy", entry_file))
+    assert not verdict.ok and "crashed" in verdict.detail

@@ -102,3 +102,16 @@ def test_results_follow_gradescope_schema(records):
 def test_schema_rejects_what_gradescope_would(broken):
     with pytest.raises(jsonschema.ValidationError):
         gradescope.validate(broken)
+
+
+def test_selfcheck_verdicts_fail_a_stage_whose_hidden_test_crashed(records):
+    from grader.commands.selfcheck import verdicts
+
+    full = gradescope.build(records.values(), stage_order={"demo": 1}, execution_time=1.0, output="")
+    full["tests"] = [dict(t, score=t["max_score"]) for t in full["tests"]]   # full marks, yet one test crashed
+    zero = dict(full, tests=[dict(t, score=0) for t in full["tests"]])
+    (row,) = verdicts(full, zero)
+    assert row.stage == "demo" and row.reference == row.maximum and row.skeleton == 0
+    assert row.crashed and not row.ok
+    clean = [dict(t, tags=["demo"]) for t in full["tests"]]
+    assert verdicts(dict(full, tests=clean), dict(zero, tests=[dict(t, score=0) for t in clean]))[0].ok

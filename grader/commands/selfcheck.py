@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import click
 from rich.markup import escape
 from rich.table import Table
@@ -9,7 +11,7 @@ from rich.table import Table
 from grader import stages
 from grader.commands.common import DEVICE, console, stage_option
 from grader.grade import GradeOptions, grade
-from grader.results import grader_errors, stage_scores
+from grader.results import GRADER_ERROR, grader_errors, stage_scores
 
 
 @click.command("selfcheck")
@@ -24,20 +26,36 @@ def command(stage_names: tuple[str, ...], device: str) -> None:
     options = GradeOptions(stage_names=list(stage_names), device=device)
     reference_results = grade(root / "solutions", options)
     skeleton_results = grade(root / "assignments", options)
-    reference, skeleton = stage_scores(reference_results), stage_scores(skeleton_results)
-    broken = grader_errors(reference_results) + grader_errors(skeleton_results)
     table = Table("stage", "reference", "skeleton", "verdict", title="selfcheck")
-    failed = False
-    for name, (score, maximum) in reference.items():
-        skel = skeleton.get(name, (0.0, maximum))[0]
-        stage_broken = any(test.startswith(f"{name}: ") for test in broken)
-        ok = maximum > 0 and score == maximum and skel == 0 and not stage_broken
-        failed |= not ok
-        table.add_row(name, f"{score:g} / {maximum:g}", f"{skel:g} / {maximum:g}",
-                      "[green]ok[/]" if ok else "[red]FAILED[/]" + (" (grader error)" if stage_broken else ""))
+    rows = verdicts(reference_results, skeleton_results)
+    for row in rows:
+        table.add_row(row.stage, f"{row.reference:g} / {row.maximum:g}", f"{row.skeleton:g} / {row.maximum:g}",
+                      "[green]ok[/]" if row.ok else "[red]FAILED[/]" + (" (grader error)" if row.crashed else ""))
     console.print(table)
-    for test in dict.fromkeys(broken):
+    for test in dict.fromkeys(grader_errors(reference_results) + grader_errors(skeleton_results)):
         console.print(f"[red]grader error[/] in {escape(test)}")
-    if failed:
+    if not all(row.ok for row in rows):
         raise click.ClickException("selfcheck failed: a reference lost points, a skeleton scored, "
                                    "or a hidden test crashed")
+
+
+@dataclass
+class StageVerdict:
+    stage: str
+    reference: float
+    skeleton: float
+    maximum: float
+    crashed: bool          # a hidden test of the stage raised a grader error in either run
+
+    @property
+    def ok(self) -> bool:
+        return self.maximum > 0 and self.reference == self.maximum and self.skeleton == 0 and not self.crashed
+
+
+def verdicts(reference_results: dict, skeleton_results: dict) -> list[StageVerdict]:
+    """One verdict per stage: the reference has full marks, the skeleton zero, no hidden test crashed."""
+    skeleton = stage_scores(skeleton_results)
+    crashed = {test["tags"][0] for results in (reference_results, skeleton_results)
+               for test in results["tests"] if GRADER_ERROR in test.get("tags", ())}
+    return [StageVerdict(name, score, skeleton.get(name, (0.0, maximum))[0], maximum, name in crashed)
+            for name, (score, maximum) in stage_scores(reference_results).items()]
