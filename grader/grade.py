@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -84,9 +85,18 @@ def _run_pytest(paths: list[str], session: GradingSession, test_timeout: float) 
     args = [*paths, "-c", str(ini), "--rootdir", str(stages.project_root()),
             "-p", "grader.pytest_plugin", "-p", "no:terminal", "--import-mode=importlib",
             f"--timeout={test_timeout:g}"]
-    # pytest's own report is not the feedback: the records are.
-    with contextlib.redirect_stdout(io.StringIO()):
-        pytest.main(args, plugins=[session])
+    # A hidden suite's own helper modules (sampling_draws.py next to its tests) are importable
+    # by name; --import-mode=importlib would not put the folder on sys.path. Name such helpers
+    # after their stage: the suites share one sys.modules.
+    folders = [p for p in dict.fromkeys(paths) if Path(p).is_dir() and p not in sys.path]
+    sys.path[:0] = folders
+    try:
+        # pytest's own report is not the feedback: the records are.
+        with contextlib.redirect_stdout(io.StringIO()):
+            pytest.main(args, plugins=[session])
+    finally:
+        for folder in folders:
+            sys.path.remove(folder)
 
 
 def _no_tests(stage: stages.Stage, suite: Path) -> TestRecord:
