@@ -24,6 +24,7 @@ from typing import Any, Iterable
 
 import torch  # noqa: F401 -- the banned names are resolved against it
 
+from grader import stages
 from grader.checks import CheckFailure
 from grader.worker import traps
 
@@ -76,6 +77,13 @@ def declared_banned_apis(*sources: Path) -> tuple[str, ...]:
                     return tuple(ast.literal_eval(node.value))
             return ()
     return ()
+
+
+def stage_banned_apis(stage: str) -> tuple[str, ...]:
+    """The APIs `stage` bans: its reference's list, or the skeleton's copy where solutions/ is
+    absent (the student bundle); never the submission's."""
+    root = stages.project_root()
+    return declared_banned_apis(root / "solutions" / f"{stage}.py", root / "assignments" / f"{stage}.py")
 
 
 def submission_modules(root: Path) -> set[str]:

@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from grader import stages
-from grader.banned import declared_banned_apis
+from grader.banned import stage_banned_apis
 from grader.checks import CheckFailure
 from grader.remote import LocalSubmission, RemoteSubmission, StudentCodeError, SubmissionProblem
 from grader.submission import Submission
@@ -211,7 +211,7 @@ class GradingSession:
                 session = WorkerSession(self.submission.root, self.worker_options, self.call_timeout)
                 self._sessions.append(session)
                 self._remotes[stage] = RemoteSubmission(session, self.submission.problems,
-                                                        banned_apis=banned_apis(stage))
+                                                        banned_apis=stage_banned_apis(stage))
         remote = self._remotes[stage]
         remote.output()  # start this test's printed output afresh
         marker = request.node.get_closest_marker("call_timeout")
@@ -257,12 +257,6 @@ def load_reference(stage: str):
     if Path(getattr(module, "__file__", "") or "").resolve() != path.resolve():
         raise pytest.UsageError(f"module {stage!r} was imported from {module.__file__}, not from {path}")
     return module
-
-
-def banned_apis(stage: str) -> tuple[str, ...]:
-    """The APIs `stage` bans, read from its reference (or its skeleton), never from the submission."""
-    root = stages.project_root()
-    return declared_banned_apis(root / "solutions" / f"{stage}.py", root / "assignments" / f"{stage}.py")
 
 
 # -- standalone use: pytest -p grader.pytest_plugin --submission DIR

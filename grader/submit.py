@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grader import stages
-from grader.banned import declared_banned_apis, find_banned_apis
+from grader.banned import find_banned_apis, stage_banned_apis
 from grader.notebooks import NotebookError, export_module
 from grader.remote import RemoteSubmission, StudentCodeError, SubmissionProblem
 from grader.worker.client import WorkerOptions, WorkerSession
@@ -61,11 +61,6 @@ class Report:
 
     def files(self) -> list[str]:
         return [m.file for m in self.modules if m.file] + self.helpers
-
-
-def banned_apis(stage: stages.Stage) -> tuple[str, ...]:
-    """The stage's `BANNED_APIS`, read as a literal from its reference or skeleton; () when none."""
-    return declared_banned_apis(stage.solution, stage.skeleton)
 
 
 def has_stage_modules(folder: Path, names: list[str]) -> bool:
@@ -110,7 +105,7 @@ def validate(folder: Path, *, import_timeout: float = IMPORT_TIMEOUT) -> Report:
                 f"{rel} is {size / 2**20:.1f} MiB; a graded file may be at most "
                 f"{MAX_FILE_BYTES // 2**20} MiB{hint}")
     if sources:
-        _check_in_scratch(report, sources, texts, all_stages, import_timeout)
+        _check_in_scratch(report, sources, texts, import_timeout)
     return report
 
 
@@ -167,7 +162,7 @@ def _helpers(folder: Path, sources: dict[str, str], stage_names: set[str]) -> li
 
 
 def _check_in_scratch(report: Report, sources: dict[str, str], texts: dict[str, str],
-                      all_stages: list[stages.Stage], import_timeout: float) -> None:
+                      import_timeout: float) -> None:
     """Banned-API scan and a real import in a worker, on a copy of exactly what would be packed."""
     scratch = Path(tempfile.mkdtemp(prefix="llmgrade-submit-"))
     try:
@@ -178,14 +173,13 @@ def _check_in_scratch(report: Report, sources: dict[str, str], texts: dict[str, 
         for rel in report.helpers:
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(report.folder / rel, root / rel)
-        by_name = {s.name: s for s in all_stages}
         problems = {m.stage: "; ".join(m.problems) for m in report.modules if m.problems}
         problems.update({m.stage: f"{m.stage}.py is missing from your submission"
                          for m in report.modules if not m.file})
         for entry in report.modules:
             if entry.stage not in sources or entry.problems:
                 continue
-            banned = banned_apis(by_name[entry.stage])
+            banned = stage_banned_apis(entry.stage)
             if banned:
                 for finding in find_banned_apis(root, entry.stage, banned)[:MESSAGE_LINES]:
                     entry.problems.append(f"banned in this stage: {finding}")
