@@ -25,6 +25,7 @@ import pytest
 from grader import results as gradescope
 from grader import stages, submission as submissions
 from grader.pytest_plugin import GradingSession, TestRecord, available_devices
+from grader.worker import identity, layers, namespaces
 from grader.worker.client import WorkerOptions
 from grader.worker.sandbox import DEFAULT_MEMORY_LIMIT
 
@@ -40,6 +41,8 @@ class GradeOptions:
     hidden_paths: list[str] = field(default_factory=list)   # more paths the worker may not touch
     in_process: bool = False                                # benchmarks only: trusted code in-process
     stop_when: Callable[[TestRecord], bool] | None = None   # stop early (the corpus: once a bug is caught)
+    isolation: str = "auto"                                 # auto | strict (grader/worker/layers.py)
+    protect_paths: list[str] = field(default_factory=list)  # folders of ours workers must not read (grade-all)
 
 
 def grade(path: Path, options: GradeOptions | None = None) -> dict:
@@ -49,6 +52,9 @@ def grade(path: Path, options: GradeOptions | None = None) -> dict:
         raise click.ClickException("hidden tests are not part of the student bundle; "
                                    "`llmgrade check` runs the public tests")
     started = time.monotonic()
+    layers.protect_grading_process()
+    iso = layers.isolation(options.isolation)
+    protected = _protect(iso, options.protect_paths) if not options.in_process else []
     chosen = stages.select(options.stage_names)
     all_modules = [s.name for s in stages.discover()]
     scratch = Path(tempfile.mkdtemp(prefix="llmgrade-grade-"))
@@ -59,19 +65,21 @@ def grade(path: Path, options: GradeOptions | None = None) -> dict:
             in_process=options.in_process, stop_when=options.stop_when,
             worker_options=WorkerOptions(
                 hidden_paths=[str(stages.project_root()), *options.hidden_paths],
-                memory_limit=options.memory_limit))
+                memory_limit=options.memory_limit, isolation=options.isolation))
         suites = [_suite(stage, options.tests) for stage in chosen]
         _run_pytest([str(s) for s in suites if s.exists()], session, options.test_timeout)
+        _confirm_nothing_left(session)
         records = session.finished_records()
         for stage, suite in zip(chosen, suites):
             if not suite.exists() or not any(r.stage == stage.name for r in records):
                 records.append(_no_tests(stage, suite))
-        summary = _summary(loaded, session)
+        summary = _summary(loaded, session, iso if not options.in_process else None, protected)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return gradescope.build(records, stage_order={s.name: s.order for s in chosen},
                             execution_time=time.monotonic() - started, output=summary,
-                            leaderboard=session.leaderboard_entries)
+                            leaderboard=session.leaderboard_entries,
+                            extra_data={"llmgrade_isolation": iso.level} if not options.in_process else None)
 
 
 def _suite(stage: stages.Stage, kind: str) -> Path:
@@ -99,6 +107,17 @@ def _run_pytest(paths: list[str], session: GradingSession, test_timeout: float) 
             sys.path.remove(folder)
 
 
+def _confirm_nothing_left(session: GradingSession) -> None:
+    """Every worker of this submission is gone (the next submission of a batch starts clean)."""
+    from grader.worker import client
+
+    pids = [pid for worker_session in session.worker_sessions for pid in worker_session.pids]
+    if pids and client._template is not None and client._template.alive():
+        left = client._template.sweep(pids)
+        if left:
+            session.collection_errors.append(f"{left} worker(s) were still running after grading and were killed")
+
+
 def _no_tests(stage: stages.Stage, suite: Path) -> TestRecord:
     """A zero-point record so that a stage without tests is visible, never silently absent."""
     return TestRecord(stage.name, f"{stage.name}: tests", 0.0, passed=False,
@@ -106,9 +125,23 @@ def _no_tests(stage: stages.Stage, suite: Path) -> TestRecord:
                       internal_error=True)
 
 
-def _summary(loaded: submissions.Submission, session: GradingSession) -> str:
+def _summary(loaded: submissions.Submission, session: GradingSession,
+             iso: layers.Isolation | None, protected: list[str]) -> str:
     lines = list(loaded.notes)
     problems = sorted(set(loaded.problems.values()))
     lines += problems
     lines += [f"grader error: {e}" for e in session.collection_errors]
+    if iso is not None:   # one line, first word "Graded": a status, not a problem (see gradebook)
+        lines.append(f"Graded at {iso.summary()}" + (
+            f"; made {len(protected)} course folder(s) unreadable to other users" if protected else "") + ".")
     return "\n".join(lines) if lines else "Graded."
+
+
+def _protect(iso: layers.Isolation, paths: list[str]) -> list[str]:
+    """With a uid of their own but no mount namespace (Docker), workers see the machine's files
+    as "other": the course tree (but the grader package and the runtime inside it) and `paths`
+    lose their "other" permission bits. With namespaces none of it is visible anyway."""
+    if not iso.uid or iso.namespaces:
+        return []
+    changed = identity.protect_course(stages.project_root(), namespaces.runtime_paths())
+    return changed + identity.protect(paths)

@@ -48,6 +48,7 @@ class BatchOptions:
     shard: tuple[int, int] = (1, 1)                          # (I, N), 1-based
     force: bool = False
     submission_timeout: float = DEFAULT_SUBMISSION_TIMEOUT
+    isolation: str = "auto"
 
 
 @dataclass
@@ -132,13 +133,18 @@ def error_results(message: str, detail: str = "") -> dict:
     return results
 
 
-def write_outputs(out: Path, sid: str, results: dict) -> None:
-    """DIR/<id>/results.json and DIR/<id>/feedback.html."""
+def write_outputs(out: Path, sid: str, results: dict) -> str:
+    """DIR/<id>/results.json and DIR/<id>/feedback.html; '' or what went wrong (and where the
+    results went instead), so that a path that cannot be written costs no grade."""
     from grader.feedback_html import render
 
     folder = Path(out) / sid
-    gradescope.write(results, folder / "results.json")
-    (folder / "feedback.html").write_text(render(results, title=f"Feedback for {sid}"), encoding="utf-8")
+    try:
+        gradescope.write(results, folder / "results.json")
+        (folder / "feedback.html").write_text(render(results, title=f"Feedback for {sid}"), encoding="utf-8")
+    except OSError as exc:
+        return str(exc)
+    return ""
 
 
 # ---------------------------------------------------------------- the grading processes
@@ -155,7 +161,8 @@ def _serve(conn, config: dict) -> None:
 
     torch.set_num_threads(config["threads"])
     options = GradeOptions(stage_names=config["stage_names"], device=config["device"],
-                           call_timeout=config["call_timeout"], hidden_paths=config["hidden_paths"])
+                           call_timeout=config["call_timeout"], hidden_paths=config["hidden_paths"],
+                           protect_paths=config["hidden_paths"], isolation=config["isolation"])
     out = Path(config["out"])
     while True:
         try:
@@ -172,7 +179,7 @@ def _serve(conn, config: dict) -> None:
         except Exception as exc:  # noqa: BLE001 -- the row records it; the batch goes on
             error = f"{type(exc).__name__}: {exc}"
             results = error_results(error, traceback.format_exc())
-        write_outputs(out, sid, results)
+        error = write_outputs(out, sid, results) or error
         conn.send({"id": sid, "error": error, "seconds": time.monotonic() - started})
 
 
@@ -263,7 +270,7 @@ def _run(todo: list[tuple[str, str]], out: Path, submissions_dir: Path, options:
     workers = max(1, min(options.workers, len(todo)))
     config = {"stage_names": list(options.stage_names), "device": options.device,
               "call_timeout": options.call_timeout, "out": str(out),
-              "hidden_paths": [str(out), str(submissions_dir)],
+              "hidden_paths": [str(out), str(submissions_dir)], "isolation": options.isolation,
               "threads": max(1, (os.cpu_count() or 1) // workers)}
     context = multiprocessing.get_context("spawn")
     queue = list(reversed(todo))
@@ -318,5 +325,5 @@ def _run(todo: list[tuple[str, str]], out: Path, submissions_dir: Path, options:
 def _failed(out: Path, sid: str, message: str, slot: _Slot) -> Outcome:
     seconds = time.monotonic() - slot.started
     slot.kill()
-    write_outputs(out, sid, error_results(message))
+    message = write_outputs(out, sid, error_results(message)) or message
     return Outcome(sid, "error", message, seconds)

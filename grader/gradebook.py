@@ -34,8 +34,9 @@ def row_for(sid: str, path: Path) -> Row:
     error = batch_error(results)
     if not error and gradescope.grader_errors(results):
         error = "grader error in: " + "; ".join(gradescope.grader_errors(results))
-    if not error and results.get("output", "Graded.") != "Graded.":
-        error = results["output"]
+    problems = [line for line in results.get("output", "").splitlines() if not line.startswith("Graded")]
+    if not error and problems:
+        error = "\n".join(problems)
     if not batch_error(results):
         error = "\n".join(filter(None, [error, *_ungradable_stages(results, error)]))
     return Row(sid, gradescope.stage_scores(results), " | ".join(error.splitlines()), path)

@@ -32,7 +32,7 @@ from grader.banned import stage_banned_apis
 from grader.checks import CheckFailure
 from grader.remote import LocalSubmission, RemoteSubmission, StudentCodeError, SubmissionProblem
 from grader.submission import Submission
-from grader.worker.client import WorkerOptions, WorkerSession
+from grader.worker.client import WorkerFailure, WorkerOptions, WorkerSession
 
 MAX_FEEDBACK = 4000
 MAX_PRINTED = 2000
@@ -105,7 +105,7 @@ class GradingSession:
         self.leaderboard_entries: list[dict] = []
         self.collection_errors: list[str] = []
         self._remotes: dict[str, Any] = {}
-        self._sessions: list[WorkerSession] = []
+        self.worker_sessions: list[WorkerSession] = []
 
     # -- which stage, how many points, what name
 
@@ -194,8 +194,11 @@ class GradingSession:
         return records
 
     def pytest_sessionfinish(self) -> None:
-        for session in self._sessions:
-            session.close()
+        for session in self.worker_sessions:
+            try:
+                session.close()
+            except WorkerFailure as exc:   # processes that outlived SIGKILL: say so, never hide it
+                self.collection_errors.append(f"cleaning up a worker: {exc}")
 
     # -- fixtures
 
@@ -209,7 +212,7 @@ class GradingSession:
                 self._remotes[stage] = LocalSubmission(self.submission.root)
             else:
                 session = WorkerSession(self.submission.root, self.worker_options, self.call_timeout)
-                self._sessions.append(session)
+                self.worker_sessions.append(session)
                 self._remotes[stage] = RemoteSubmission(session, self.submission.problems,
                                                         banned_apis=stage_banned_apis(stage))
         remote = self._remotes[stage]

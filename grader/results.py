@@ -29,7 +29,7 @@ def test_output(record: TestRecord) -> str:
 
 
 def build(records: Iterable[TestRecord], *, stage_order: dict[str, int], execution_time: float,
-          output: str, leaderboard: list[dict] | None = None) -> dict:
+          output: str, leaderboard: list[dict] | None = None, extra_data: dict | None = None) -> dict:
     tests, counters = [], {}
     for record in records:
         counters[record.stage] = counters.get(record.stage, 0) + 1
@@ -54,6 +54,8 @@ def build(records: Iterable[TestRecord], *, stage_order: dict[str, int], executi
         "tests": tests,
         "leaderboard": leaderboard or [],
     }
+    if extra_data:
+        results["extra_data"] = extra_data
     validate(results)
     return results
 
@@ -79,7 +81,47 @@ def grader_errors(results: dict) -> list[str]:
     return [t["name"] for t in results["tests"] if GRADER_ERROR in t.get("tags", ())]
 
 
-def write(results: dict, path: Path) -> None:
+class ResultsNotWritten(OSError):
+    """`path` could not be written; the results went to `fallback` instead (its message says so)."""
+
+    def __init__(self, path: Path, fallback: Path, reason: str):
+        super().__init__(f"could not write the results to {path} ({reason}); they were written to {fallback}")
+        self.path, self.fallback = path, fallback
+
+
+def write(results: dict, path: Path) -> Path:
+    """Write results.json atomically (a temporary file in the same folder, then a rename), so that
+    a reader never sees half a file and nothing a worker left at `path` is followed. If `path`
+    cannot be written (a folder there, no permission), the results go to a fresh file in the
+    temporary folder and ResultsNotWritten says where; returns the path written."""
+    import os
+    import tempfile
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps(results, indent=2) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, text)
+        return path
+    except OSError as exc:
+        fd, fallback = tempfile.mkstemp(prefix="llmgrade-results-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        raise ResultsNotWritten(path, Path(fallback), exc.strerror or str(exc)) from None
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    import os
+    import tempfile
+
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temporary, path)   # fails on a folder at `path`; never follows a link there
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise

@@ -61,8 +61,8 @@ def connect():
     import socket
     socket.create_connection(("127.0.0.1", 9))
 
-def kill_parent():
-    os.kill(os.getppid(), 9)
+def kill_pid(pid):
+    os.kill(pid, 9)
 
 def where():
     return {"cwd": os.getcwd(), "path": sys.path[:], "env": dict(os.environ)}
@@ -162,10 +162,11 @@ def test_hidden_paths_network_and_signals_are_refused(worker, tmp_path):
     (hidden / "answers.txt").write_text("secret")
     with pytest.raises(StudentException, match="off limits"):
         worker("read", str(hidden / "answers.txt"))
-    with pytest.raises(StudentException, match="network"):
+    with pytest.raises(StudentException) as info:   # refused, or (own network namespace) nothing there
         worker("connect")
+    assert "network access is not allowed" in info.value.message or info.value.is_a("ConnectionRefusedError")
     with pytest.raises(StudentException, match="signals"):
-        worker("kill_parent")
+        worker("kill_pid", os.getpid())   # the grading process (invisible in a pid namespace)
 
 
 def test_worker_sees_only_its_copy(worker, tmp_path):

@@ -97,7 +97,7 @@ def _notes(results: dict, checked: set[str]) -> list[str]:
     """The summary's lines, less those only about stages that were not checked."""
     notes = []
     for line in (results.get("output") or "").splitlines():
-        if not line.strip() or line.strip() == "Graded.":
+        if not line.strip() or line.startswith("Graded"):
             continue
         about = {s.name for s in stages.discover() if f"{s.name}.py" in line or f"{s.name}.ipynb" in line}
         if not about or about & checked:

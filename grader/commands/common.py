@@ -17,6 +17,12 @@ DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), de
                       show_default=True, help="Run numeric tests on these devices (auto: CPU, and CUDA when present).")
 
 
+ISOLATION = click.option(
+    "--isolation", type=click.Choice(["auto", "strict"]), default="auto", show_default=True,
+    help="auto: the strongest isolation this machine allows (see `llmgrade doctor`); "
+         "strict: refuse to grade without a uid of its own, namespaces and seccomp for every worker.")
+
+
 def known_stages(ctx, param, names):
     try:
         stages.select(list(names))

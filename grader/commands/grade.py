@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from grader.commands.common import DEVICE, console, show_results, stage_option
+from grader.commands.common import DEVICE, ISOLATION, console, show_results, stage_option
 from grader.feedback_html import render
 from grader.grade import GradeOptions, grade
-from grader.results import write
+from grader.results import ResultsNotWritten, write
 
 
 @click.command("grade")
@@ -20,10 +20,11 @@ from grader.results import write
 @DEVICE
 @click.option("--timeout", "call_timeout", type=float, default=10.0, show_default=True,
               help="Seconds each call into the submission may take.")
+@ISOLATION
 @click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the feedback as one self-contained HTML page.")
 def command(submission: Path, stage_names: tuple[str, ...], out: Path, device: str,
-            call_timeout: float, html_out: Path | None) -> None:
+            call_timeout: float, isolation: str, html_out: Path | None) -> None:
     """Grade one SUBMISSION (a folder, a .zip or notebooks) with the hidden tests.
 
     Writes results.json in Gradescope's schema and prints a summary. Exits 0
@@ -33,11 +34,20 @@ def command(submission: Path, stage_names: tuple[str, ...], out: Path, device: s
     """
     hidden = [str(out.resolve().parent)] + ([str(html_out.resolve().parent)] if html_out else [])
     options = GradeOptions(stage_names=list(stage_names), device=device, call_timeout=call_timeout,
-                           hidden_paths=hidden)
-    results = grade(submission, options)
-    write(results, out)
+                           hidden_paths=hidden, isolation=isolation)
+    from grader.worker.layers import IsolationError
+
+    try:
+        results = grade(submission, options)
+    except IsolationError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        written = write(results, out)
+    except ResultsNotWritten as exc:
+        written = exc.fallback
+        console.print(f"[red]Error:[/] {exc}")
     show_results(results)
-    console.print(f"results written to {out}")
+    console.print(f"results written to {written}")
     if html_out:
         html_out.parent.mkdir(parents=True, exist_ok=True)
         html_out.write_text(render(results, title=f"Feedback for {submission.name}"), encoding="utf-8")

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from grader import gradebook
-from grader.commands.common import DEVICE, console, stage_option
+from grader.commands.common import DEVICE, ISOLATION, console, stage_option
 from grader.grade_all import DEFAULT_SUBMISSION_TIMEOUT, BatchOptions, Outcome, grade_all, parse_shard
 
 
@@ -38,8 +38,10 @@ def _shard(ctx, param, value):
               help="Seconds each call into a submission may take.")
 @click.option("--submission-timeout", type=click.FloatRange(min=1), default=DEFAULT_SUBMISSION_TIMEOUT,
               show_default=True, help="Seconds one whole submission may take before it is stopped.")
+@ISOLATION
 def command(submissions_dir: Path, out: Path, workers: int, shard: tuple[int, int], force: bool,
-            stage_names: tuple[str, ...], device: str, call_timeout: float, submission_timeout: float) -> None:
+            stage_names: tuple[str, ...], device: str, call_timeout: float, submission_timeout: float,
+            isolation: str) -> None:
     """Grade every submission in SUBMISSIONS_DIR (a sub-folder or .zip each, named by student id).
 
     Writes OUT/<id>/results.json, OUT/<id>/feedback.html and OUT/gradebook.csv
@@ -50,8 +52,15 @@ def command(submissions_dir: Path, out: Path, workers: int, shard: tuple[int, in
     """
     if out.resolve() == submissions_dir.resolve() or submissions_dir.resolve() in out.resolve().parents:
         raise click.BadParameter("--out must not be inside SUBMISSIONS_DIR (it would be graded as a submission)")
+    from grader.worker.layers import IsolationError, isolation as probe
+
+    try:
+        probe(isolation)   # refuse here, once, rather than in every grading process
+    except IsolationError as exc:
+        raise click.ClickException(str(exc)) from None
     options = BatchOptions(stage_names=list(stage_names), device=device, call_timeout=call_timeout,
-                           workers=workers, shard=shard, force=force, submission_timeout=submission_timeout)
+                           workers=workers, shard=shard, force=force, submission_timeout=submission_timeout,
+                           isolation=isolation)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as progress:
         task = progress.add_task("grading", total=None)

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from grader import stages
-from grader.commands.common import DEVICE, console, stage_option
+from grader.commands.common import DEVICE, ISOLATION, console, stage_option
 from grader.grade import GradeOptions, grade
 from grader.results import GRADER_ERROR, grader_errors, stage_scores
 
@@ -17,15 +17,24 @@ from grader.results import GRADER_ERROR, grader_errors, stage_scores
 @click.command("selfcheck")
 @stage_option("Check only this stage (repeatable).")
 @DEVICE
-def command(stage_names: tuple[str, ...], device: str) -> None:
+@ISOLATION
+def command(stage_names: tuple[str, ...], device: str, isolation: str) -> None:
     """Prove the hidden tests: the references score full marks, the skeletons zero.
 
     Example: llmgrade selfcheck --stage bigram
     """
+    from grader.commands.doctor import print_isolation
+
+    print_isolation()
     root = stages.project_root()
-    options = GradeOptions(stage_names=list(stage_names), device=device)
-    reference_results = grade(root / "solutions", options)
-    skeleton_results = grade(root / "assignments", options)
+    from grader.worker.layers import IsolationError
+
+    options = GradeOptions(stage_names=list(stage_names), device=device, isolation=isolation)
+    try:
+        reference_results = grade(root / "solutions", options)
+        skeleton_results = grade(root / "assignments", options)
+    except IsolationError as exc:
+        raise click.ClickException(str(exc)) from None
     table = Table("stage", "reference", "skeleton", "verdict", title="selfcheck")
     rows = verdicts(reference_results, skeleton_results)
     for row in rows:

@@ -16,6 +16,13 @@ python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install -q --no-cache-dir --upgrade pip
 "$VENV/bin/python" -m pip install -q --no-cache-dir --index-url "@TORCH_INDEX@" "@TORCH_REQUIREMENT@"
 "$VENV/bin/python" -m pip install -q --no-cache-dir "$SOURCE"
-# The grader starts and finds its stages, or the image build fails here rather than at grading.
+# Isolation (README, "Isolation"): workers run as uids of their own, which must read the Python
+# runtime and the grader (the venv) but not the course: run_autograder's grading takes "other"
+# permissions off the course tree itself; here the runtime's folders are made readable.
+chmod o+x "$ROOT"
+chmod -R o+rX "$VENV"
+# The grader starts and finds its stages, or the image build fails here rather than at grading;
+# doctor prints the isolation layers this image gives (Docker: uid + seccomp + rlimits, no namespaces).
 cd "$SOURCE"
 LLMGRADE_ROOT="$SOURCE" "$VENV/bin/python" -m grader grade --help > /dev/null
+LLMGRADE_ROOT="$SOURCE" "$VENV/bin/python" -m grader doctor || true

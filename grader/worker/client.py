@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from grader.worker import codec, framing, sandbox
+from grader.worker import cgroups, codec, framing, identity, layers, namespaces, sandbox
 
 OUTPUT_KEEP = 64 * 1024
 
@@ -97,6 +97,10 @@ class Template:
     def alive(self) -> bool:
         return self.process.poll() is None
 
+    def sweep(self, pids: list[int]) -> int:
+        """Kill those of the workers `pids` still running and every orphan; how many workers were."""
+        return self.ask({"op": "sweep", "pids": pids})["killed"]
+
     def close(self) -> None:
         self.socket.close()
         try:
@@ -124,24 +128,64 @@ class WorkerOptions:
     max_bytes: int = 512 * 2**20
     seed: int = 0
     threads: int = 1
+    isolation: str = "auto"           # auto | strict (see layers.py)
 
 
 class WorkerProcess:
-    """One live worker over one private copy of a submission directory."""
+    """One live worker over one private copy of a submission directory.
+
+    Its layers come from `layers.isolation(options.isolation)`: a uid of its own
+    (held from the pool until `close`), a cgroup, namespaces, seccomp.
+    """
 
     def __init__(self, submission_dir: Path, options: WorkerOptions, work_root: Path):
         self.options = options
+        self.isolation = layers.isolation(options.isolation)
+        self.lease = identity.acquire() if self.isolation.uid else None
+        self.group: cgroups.WorkerGroup | None = None
+        self.pid = 0
+        self.output_fd = -1
+        try:
+            self._start(Path(submission_dir), work_root)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, submission_dir: Path, work_root: Path) -> None:
+        options, iso = self.options, self.isolation
         self.workdir = Path(tempfile.mkdtemp(prefix="worker-", dir=work_root))
-        shutil.copytree(submission_dir, self.workdir / "submission")
+        shutil.copytree(submission_dir, self.workdir / "submission", symlinks=True)
+        (self.workdir / "tmp").mkdir()
         self.output_path = self.workdir / "output.txt"
-        self.output_path.touch()
+        # The grader reads the output through this descriptor, never by name: a worker that owns
+        # its folder could swap the file for a link to something only root may read.
+        self.output_fd = os.open(self.output_path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         self.output_offset = 0
+        uid = self.lease.uid if self.lease else None
+        if uid is not None:
+            identity.grant(self.workdir, uid)
+        if iso.cgroups:
+            limit = None if options.memory_limit is None else options.memory_limit + 2 * namespaces.MountPlan.tmp_size
+            self.group = cgroups.create(f"worker-{uid if uid is not None else os.getpid()}-{id(self)}",
+                                        limit, sandbox.MAX_PROCESSES)
+        mounts = None
+        if iso.namespaces:
+            new_root = work_root / "newroot"   # the mount point of every worker's root, each in its own namespace
+            new_root.mkdir(mode=0o700, exist_ok=True)
+            read_only = namespaces.runtime_paths()
+            hidden = [os.path.realpath(p) for p in (*options.hidden_paths, str(work_root))]
+            masked = [h for h in hidden if any(_inside(h, r) for r in read_only)
+                      and not any(_inside(r, h) or r == h for r in read_only)]
+            mounts = asdict(namespaces.MountPlan(
+                new_root=str(new_root), workdir=str(self.workdir), read_only=read_only, masked=masked,
+                devices=namespaces.gpu_devices()))
         config = sandbox.SandboxConfig(
             workdir=str(self.workdir), submission_dir=str(self.workdir / "submission"),
             output_path=str(self.output_path),
             hidden_digests=[sandbox.path_digest(p) for p in (*options.hidden_paths, str(work_root))],
             memory_limit=options.memory_limit, max_bytes=options.max_bytes, seed=options.seed,
-            threads=options.threads)
+            threads=options.threads, uid=uid, mounts=mounts,
+            cgroup_folders=self.group.folders if self.group else [], seccomp=iso.seccomp)
         req_r, self.req_w = os.pipe()
         self.resp_r, resp_w = os.pipe()
         self.template = template()
@@ -174,7 +218,7 @@ class WorkerProcess:
         if not _alive(self.pid):
             raise framing.FrameClosed()
         limit = self.options.memory_limit
-        if limit is not None and _resident_bytes(self.pid) > limit:
+        if limit is not None and self.memory_bytes() > limit:
             self.kill()
             raise WorkerCrashed(f"used more than {limit / 2**30:g} GiB of memory and was stopped")
 
@@ -190,34 +234,59 @@ class WorkerProcess:
             return f"crashed: the worker process was killed by {name} ({why})"
         return f"exited: the worker process ended with exit code {code} (os._exit or a crash)"
 
+    def memory_bytes(self) -> int:
+        """What the worker holds: its cgroup's charge, or the resident memory of its processes."""
+        if self.group is not None:
+            return self.group.memory_bytes()
+        if self.lease is not None:
+            return sum(_resident_bytes(pid) for pid in identity.processes_of(self.lease.uid))
+        return _resident_bytes(self.pid)
+
     def new_output(self) -> str:
         """What the submission printed since the last call (the last 64 KiB of it)."""
         try:
-            with open(self.output_path, "rb") as out:
-                out.seek(0, os.SEEK_END)
-                end = out.tell()
-                start = max(self.output_offset, end - OUTPUT_KEEP)
-                out.seek(start)
-                data = out.read(end - start)
+            end = os.fstat(self.output_fd).st_size
+            start = max(self.output_offset, end - OUTPUT_KEEP)
+            data = os.pread(self.output_fd, end - start, start)
         except OSError:
             return ""
-        self.output_offset = end
+        self.output_offset = start + len(data)
         return data.decode("utf-8", errors="replace")
 
     def kill(self) -> None:
-        for kill in (os.killpg, os.kill):
-            try:
-                kill(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        if self.pid:
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(self.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        if self.group is not None:
+            self.group.kill()
 
     def close(self) -> None:
+        """Kill the worker and everything it started, confirm they are gone, remove what it left."""
         self.kill()
-        for fd in (self.req_w, self.resp_r):
-            os.close(fd)
-        if self.template.alive():
+        for fd in (getattr(self, "req_w", -1), getattr(self, "resp_r", -1), self.output_fd):
+            if fd >= 0:
+                os.close(fd)
+        self.output_fd = -1
+        if self.pid and self.template.alive():
             self.template.exit_code(self.pid, timeout=0.5)  # reap it
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.lease is not None:
+            if not identity.kill_all(self.lease.uid):
+                raise WorkerFailure(f"processes of worker uid {self.lease.uid} survived SIGKILL")
+            identity.sweep_files(self.lease.uid)
+        if self.group is not None:
+            self.group.kill()
+            self.group.remove()
+        if hasattr(self, "workdir"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.lease is not None:
+            self.lease.release()
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path.startswith(folder.rstrip("/") + "/")
 
 
 def _alive(pid: int) -> bool:
@@ -254,8 +323,10 @@ class WorkerSession:
         self.options = options or WorkerOptions()
         self.default_timeout = default_timeout
         self.work_root = Path(tempfile.mkdtemp(prefix="llmgrade-"))
+        os.chmod(self.work_root, 0o711)   # workers (other uids) reach their own folder, list nothing
         self.worker: WorkerProcess | None = None
         self.generation = 0
+        self.pids: list[int] = []   # every worker it started (see template.sweep)
         self.output = ""
 
     def request(self, message: dict, timeout: float | None = None, *,
@@ -285,6 +356,7 @@ class WorkerSession:
         """The live worker, started (and `generation` advanced) if there is none."""
         if self.worker is None:
             self.worker = WorkerProcess(self.submission_dir, self.options, self.work_root)
+            self.pids.append(self.worker.pid)
             self.generation += 1
         return self.worker
 

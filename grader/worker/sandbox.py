@@ -1,12 +1,20 @@
-"""What a worker does to itself before it imports any submission code.
+"""What a worker does to itself, in this order, before it imports any submission code.
 
-Its own process group (so the grader can kill it and everything it started),
-resource limits (address space, file size, no core dumps), stdout and stderr
-into a capped file, a clean environment and import path, fixed seeds, and an
-audit hook that refuses network access, signals to other processes and any
-file under the hidden paths (the project's solutions and hidden tests, the
-results, other workers' folders). The hook is defence in depth inside the
-worker; the grading process never trusts what the worker says anyway.
+    1. own session (the grader kills its process group), stdout/stderr into a capped file,
+       every other inherited file descriptor closed;
+    2. cgroup: joins its memory and pids groups (cgroups.py), still root;
+    3. namespaces: unshares mount, pid, network, ipc and uts, and builds its allow-listed
+       root (namespaces.py); from here on it is pid 1 of its own namespace;
+    4. rlimits: address space, file size, processes, open files, CPU time, no core dumps;
+    5. uid: becomes its own unprivileged uid, no groups, no capabilities (identity.py);
+       no new privileges;
+    6. environment, working folder, import path, seeds, torch threads;
+    7. seccomp: the kernel refuses programs, ptrace, mounts, ... (syscalls.py);
+    8. the audit hook: Python-level file, socket and signal checks (defence in depth).
+
+Which of 2, 3, 5 and 7 run is decided by the grading process (layers.py) and passed
+in the config; 1, 4, 6 and 8 always run. The grading process never trusts what the
+worker says anyway: the grade, the hidden tests and the references live only there.
 """
 
 from __future__ import annotations
@@ -19,13 +27,18 @@ import signal
 import sys
 from dataclasses import dataclass, field
 
+from grader.worker import cgroups, identity, libc, namespaces
+
 DEFAULT_MEMORY_LIMIT = 4 * 2**30
 DEFAULT_OUTPUT_LIMIT = 16 * 2**20
+MAX_PROCESSES = 256        # processes and threads of the worker's uid (a fork bomb stops here)
+MAX_OPEN_FILES = 1024
+CPU_SECONDS = 1800         # a backstop: the per-call timeout stops a worker long before
 
 
 @dataclass
 class SandboxConfig:
-    workdir: str                      # the worker's own folder: submission/ and output.txt
+    workdir: str                      # the worker's own folder: submission/, tmp/ and output.txt
     submission_dir: str               # workdir/submission: cwd and first on sys.path
     output_path: str                  # where stdout and stderr go
     hidden_digests: list[str] = field(default_factory=list)   # see path_digest: never the paths
@@ -35,13 +48,31 @@ class SandboxConfig:
     keep_fds: tuple[int, ...] = ()
     seed: int = 0
     threads: int = 1                  # torch's intra-op threads (see enter)
+    uid: int | None = None            # layer 5: the uid to become (None: stay who we are)
+    mounts: dict | None = None        # layer 3: a namespaces.MountPlan as a dict (None: no namespaces)
+    cgroup_folders: list[str] = field(default_factory=list)   # layer 2
+    seccomp: bool = False             # layer 7
 
 
 def enter(config: SandboxConfig) -> None:
     os.setsid()
     _redirect_output(config.output_path)
     _close_fds(config.keep_fds)
+    if config.cgroup_folders:
+        cgroups.join(config.cgroup_folders)
+    if config.mounts is not None:
+        namespaces.enter(namespaces.MountPlan(**config.mounts))
     _limit_resources(config)
+    parent = os.getppid()
+    if config.uid is not None:
+        identity.drop_to(config.uid)
+    # Dies with its parent (the template, or the namespace's supervisor). Set after the change of
+    # uid, which clears it; a parent already gone shows as a new parent pid (0 in a pid namespace).
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+    libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+    libc.prctl(libc.PR_SET_DUMPABLE, 1)   # its own /proc files stay its own (ptrace is refused anyway)
     _clean_environment(config)
     os.chdir(config.submission_dir)
     hook = _AuditHook(config)
@@ -51,6 +82,10 @@ def enter(config: SandboxConfig) -> None:
     # oversubscribe the cores (training ran 10-15x slower with 2 threads than with 1 on 2 busy
     # cores), and grade-all runs several workers side by side anyway.
     _threads(config.threads)
+    if config.seccomp:
+        from grader.worker import syscalls
+
+        syscalls.load(allow_inet=config.mounts is not None)
     sys.addaudithook(hook)
 
 
@@ -76,6 +111,10 @@ def _close_fds(keep: tuple[int, ...]) -> None:
 
 def _limit_resources(config: SandboxConfig) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (MAX_OPEN_FILES, MAX_OPEN_FILES))
+    if config.uid is not None:   # counted per uid: only meaningful for a uid of its own
+        resource.setrlimit(resource.RLIMIT_NPROC, (MAX_PROCESSES, MAX_PROCESSES))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails, not the process
     resource.setrlimit(resource.RLIMIT_FSIZE, (config.output_limit, config.output_limit))
     if config.memory_limit is not None:
@@ -94,7 +133,7 @@ def _address_space() -> int:
 def _clean_environment(config: SandboxConfig) -> None:
     keep = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "OMP_NUM_THREADS",
                                        "CUDA_VISIBLE_DEVICES", "MKL_NUM_THREADS") if k in os.environ}
-    tmp = os.path.join(config.workdir, "tmp")
+    tmp = "/tmp" if config.mounts is not None else os.path.join(config.workdir, "tmp")   # private there
     os.makedirs(tmp, exist_ok=True)
     os.environ.clear()
     os.environ.update(keep, HOME=config.workdir, TMPDIR=tmp, PYTHONDONTWRITEBYTECODE="1")
@@ -138,6 +177,16 @@ def _hidden_ancestor(path: str, digests: set[str]) -> int:
         path = parent
 
 
+def _unix_socket(event: str, args: tuple) -> bool:
+    """Whether a socket audit event is about an AF_UNIX socket (local pipes: multiprocessing uses them)."""
+    import socket
+
+    if event == "socket.__new__":
+        return len(args) > 1 and args[1] == socket.AF_UNIX
+    sock = args[0] if args else None
+    return getattr(sock, "family", None) == socket.AF_UNIX
+
+
 class _AuditHook:
     """Refuses, inside the worker, what a submission has no business doing."""
 
@@ -147,6 +196,9 @@ class _AuditHook:
             sys.prefix, sys.base_prefix, sys.exec_prefix)]
         self.hidden = set(config.hidden_digests)
         self.group = os.getpgid(0)
+        # In its own network namespace (loopback only) a connection fails the ordinary way;
+        # elsewhere internet sockets are refused here, and by seccomp underneath.
+        self.allow_inet = config.mounts is not None
 
     def __call__(self, event: str, args: tuple) -> None:
         if event in ("open", "os.listdir", "os.scandir", "os.link", "os.symlink", "os.rename",
@@ -154,7 +206,7 @@ class _AuditHook:
             for arg in args[:2]:
                 if isinstance(arg, (str, bytes, os.PathLike)) and self.is_hidden(arg):
                     raise PermissionError(f"the grader's files are off limits: {os.fsdecode(arg)}")
-        elif event.startswith("socket."):
+        elif event.startswith("socket.") and not self.allow_inet and not _unix_socket(event, args):
             raise PermissionError("network access is not allowed while grading")
         elif event in ("os.kill", "os.killpg"):
             pid = args[0]

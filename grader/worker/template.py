@@ -6,25 +6,32 @@ from the grader: `fork` (with the new worker's two pipe ends attached as file
 descriptors) answers the child's pid; `wait` answers how a child ended. It
 never runs submission code itself: a child closes the control socket before
 doing anything else. Messages are JSON, never pickle.
+
+It dies with its grading process (PR_SET_PDEATHSIG), is not dumpable (no worker can
+ptrace it or read its memory), and is a child subreaper: a process a worker left
+behind (a `setsid` + double-fork daemon) becomes the template's child when its parent
+exits, and is killed at the next request, whatever the isolation level.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import sys
 import time
 
 import torch  # noqa: F401 -- the point of the template: imported once, shared by every fork
 
-from grader.worker import sandbox, server
+from grader.worker import libc, sandbox, server, syscalls  # noqa: F401 -- syscalls: libseccomp loads here, before any filter
 
 
 class Template:
     def __init__(self, control: socket.socket):
         self.control = control
         self.ended: dict[int, int] = {}   # pid -> exit code (negative: killed by that signal)
+        self.workers: set[int] = set()    # live workers it forked
 
     def run(self) -> None:
         while True:
@@ -32,11 +39,14 @@ class Template:
             if not message:
                 return
             self.reap()
+            self.kill_strays()
             request = json.loads(message)
             if request["op"] == "fork":
                 self.reply({"pid": self.fork(request["config"], fds)})
             elif request["op"] == "wait":
                 self.reply({"code": self.wait(request["pid"], request["timeout"])})
+            elif request["op"] == "sweep":
+                self.reply({"killed": self.sweep([int(p) for p in request["pids"]])})
 
     def reply(self, message: dict) -> None:
         self.control.send(json.dumps(message).encode())
@@ -51,6 +61,42 @@ class Template:
             if not pid:
                 return
             self.ended[pid] = os.waitstatus_to_exitcode(status)
+            self.workers.discard(pid)
+
+    def kill_strays(self) -> None:
+        """SIGKILL every child that is not a worker: orphans of workers, adopted as subreaper."""
+        me = str(os.getpid())
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit() or int(entry.name) in self.workers:
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as stat:
+                    ppid = stat.read().rsplit(")", 1)[1].split()[1]
+            except (OSError, IndexError):
+                continue
+            if ppid == me:
+                try:
+                    os.kill(int(entry.name), signal.SIGKILL)
+                except OSError:
+                    pass
+
+    def sweep(self, pids: list[int]) -> int:
+        """Between two submissions: none of its workers (`pids`) may be left, nor any orphan.
+        Kill what is; returns how many of those workers were still alive."""
+        left = sorted(self.workers & set(pids))
+        for pid in left:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        for pid in left:
+            self.wait(pid, 2.0)
+        self.kill_strays()
+        return len(left)
 
     def fork(self, config: dict, fds: list[int]) -> int:
         pid = os.fork()
@@ -59,6 +105,7 @@ class Template:
             server.main(fds[0], fds[1], sandbox.SandboxConfig(**config))
         for fd in fds:
             os.close(fd)
+        self.workers.add(pid)
         return pid
 
     def wait(self, pid: int, timeout: float) -> int | None:
@@ -74,6 +121,11 @@ class Template:
 
 
 def main() -> None:
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:   # the grading process is already gone
+        os._exit(1)
+    libc.prctl(libc.PR_SET_DUMPABLE, 0)
+    libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
     sys.stdin = open(os.devnull)
     control = socket.socket(fileno=int(sys.argv[1]))
     Template(control).run()

@@ -1,0 +1,145 @@
+"""The cgroup layer: one control group per worker, with a memory and a process limit.
+
+The kernel charges a cgroup for every page its processes touch, files they write to
+a tmpfs (`/tmp`, `/dev/shm`) included, so a worker cannot hide memory where the
+address-space rlimit does not look. The grading process (root) makes the group; the
+worker joins it before it gives up root, and every process it starts is in it too.
+
+cgroup v1 (these machines: `memory` and `pids` mounted under /sys/fs/cgroup) and v2
+(one unified hierarchy with both controllers delegated to our subtree) are supported.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path("/sys/fs/cgroup")
+GROUP = "llmgrade"
+
+
+@dataclass
+class WorkerGroup:
+    """The cgroup folders of one worker (one per controller on v1, one on v2)."""
+
+    folders: list[str]
+    version: int
+
+    def procs(self) -> set[int]:
+        found: set[int] = set()
+        for folder in self.folders:
+            try:
+                found |= {int(p) for p in Path(folder, "cgroup.procs").read_text().split()}
+            except (OSError, ValueError):
+                pass
+        return found
+
+    def memory_bytes(self) -> int:
+        name = "memory.usage_in_bytes" if self.version == 1 else "memory.current"
+        for folder in self.folders:
+            try:
+                return int(Path(folder, name).read_text())
+            except (OSError, ValueError):
+                continue
+        return 0
+
+    def kill(self, timeout: float = 2.0) -> bool:
+        """SIGKILL every process in the group until it is empty; True once empty."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.procs()
+            if not pids:
+                return True
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+
+    def remove(self) -> None:
+        for folder in self.folders:
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+
+
+def version() -> int:
+    """2 for a unified hierarchy at /sys/fs/cgroup, 1 for v1 controllers, 0 for neither."""
+    if _is_cgroup2(ROOT):
+        return 2
+    return 1 if (ROOT / "memory").is_dir() and (ROOT / "pids").is_dir() else 0
+
+
+def _is_cgroup2(path: Path) -> bool:
+    try:
+        with open("/proc/self/mounts") as mounts:
+            return any(line.split()[1] == str(path) and line.split()[2] == "cgroup2" for line in mounts)
+    except OSError:
+        return False
+
+
+def _parents(v: int) -> list[Path]:
+    return [ROOT / "memory" / GROUP, ROOT / "pids" / GROUP] if v == 1 else [ROOT / GROUP]
+
+
+def usable() -> str:
+    """'' when this process can make worker cgroups here, else why not."""
+    v = version()
+    if not v:
+        return "no cgroup memory and pids controllers are mounted under /sys/fs/cgroup"
+    if os.geteuid() != 0:
+        return "only root can make cgroups"
+    try:
+        for parent in _parents(v):
+            parent.mkdir(exist_ok=True)
+        if v == 2:
+            controllers = (ROOT / "cgroup.subtree_control").read_text().split()
+            if not {"memory", "pids"} <= set(controllers):
+                (ROOT / "cgroup.subtree_control").write_text("+memory +pids")
+            (ROOT / GROUP / "cgroup.subtree_control").write_text("+memory +pids")
+    except OSError as exc:
+        return f"cannot make a cgroup under {ROOT} ({exc.strerror or exc})"
+    return ""
+
+
+def create(name: str, memory_limit: int | None, max_processes: int) -> WorkerGroup:
+    """A fresh group `name` (a stale one of the same name is emptied first)."""
+    v = version()
+    folders = []
+    for parent in _parents(v):
+        folder = parent / name
+        folder.mkdir(exist_ok=True)
+        folders.append(str(folder))
+    group = WorkerGroup(folders, v)
+    group.kill()
+    if v == 1:
+        memory, pids = (Path(f) for f in folders)
+        memsw = memory / "memory.memsw.limit_in_bytes"
+        if memory_limit is not None:
+            if memsw.exists():   # lifted first: it may never be below memory.limit_in_bytes
+                memsw.write_text("-1")
+            (memory / "memory.limit_in_bytes").write_text(str(memory_limit))
+            if (memory / "memory.memsw.limit_in_bytes").exists():   # and no swapping past it
+                (memory / "memory.memsw.limit_in_bytes").write_text(str(memory_limit))
+        (pids / "pids.max").write_text(str(max_processes))
+    else:
+        folder = Path(folders[0])
+        if memory_limit is not None:
+            (folder / "memory.max").write_text(str(memory_limit))
+            if (folder / "memory.swap.max").exists():
+                (folder / "memory.swap.max").write_text("0")
+        (folder / "pids.max").write_text(str(max_processes))
+    return group
+
+
+def join(folders: list[str]) -> None:
+    """Move this process into the worker's group (called in the worker, still root)."""
+    for folder in folders:
+        Path(folder, "cgroup.procs").write_text(str(os.getpid()))

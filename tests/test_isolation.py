@@ -1,0 +1,286 @@
+"""The isolation layers seen from inside a worker, at the levels this machine can give in-process.
+
+"full" (root: own uid, namespaces, seccomp, cgroups) and "minimal" (the layers a grader that
+is not root gets: seccomp, rlimits, audit hook, and the template's clean-up). The Docker-like
+"container" level needs the Python runtime readable by other uids, which it is not here
+(/root is 0700): tests/hostile/ builds that level in a mount namespace of its own.
+"""
+
+import errno
+import os
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from grader.worker import identity, layers
+from grader.worker.client import StudentException
+
+MODULE = '''
+import ctypes, errno, os, signal, socket, subprocess, sys, time
+
+def ids():
+    return {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "pid": os.getpid()}
+
+def visible(paths):
+    return [os.path.exists(p) for p in paths]
+
+def processes():
+    return sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+
+def program():
+    subprocess.run(["/bin/true"])
+
+def interpreter():
+    subprocess.run([sys.executable, "-c", "print(1)"])
+
+def libc_open(path):
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.open(path.encode(), os.O_RDONLY)
+    return fd if fd >= 0 else -ctypes.get_errno()
+
+def inet():
+    """socket() and connect() through libc: the audit hook sees neither, only the kernel does."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.socket(socket.AF_INET, socket.SOCK_STREAM, 0)
+    if fd < 0:
+        return "socket", ctypes.get_errno()
+    address = bytes([2, 0, 0, 80, 10, 255, 255, 1]) + bytes(8)   # sockaddr_in 10.255.255.1:80
+    result = libc.connect(fd, address, len(address))
+    return "connect", 0 if result == 0 else ctypes.get_errno()
+
+def loopback(host_port):
+    """Its own loopback works; the machine's (a server the test started) is not there."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    client = socket.create_connection(server.getsockname(), timeout=2)
+    peer, _ = server.accept()
+    client.send(b"ok")
+    own = peer.recv(2)
+    try:
+        socket.create_connection(("127.0.0.1", host_port), timeout=2).close()
+        host = "reached"
+    except OSError as exc:
+        host = type(exc).__name__
+    return own, host
+
+def unix_pair():
+    a, b = socket.socketpair()
+    a.send(b"x")
+    return b.recv(1)
+
+def write_into(path):
+    with open(path, "w") as f:
+        f.write("planted")
+
+def swap_output(target):
+    os.unlink("../output.txt")
+    os.symlink(target, "../output.txt")
+    print("after the swap")
+
+def daemon(name):
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)   # PR_SET_NAME: findable from outside
+            time.sleep(300)
+            os._exit(0)
+        os._exit(0)
+    time.sleep(0.3)
+    return True
+
+def rename(name):
+    ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)   # PR_SET_NAME
+    return True
+
+def sysv_shm():
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.shmget(0, 4096, 0o1000 | 0o600), ctypes.get_errno()
+'''
+
+
+def _session(make_submission, session_for):
+    folder = make_submission({"m.py": MODULE})
+    session = session_for(folder, timeout=10.0)
+
+    def call(name, *args):
+        module = session.request({"op": "import", "module": "m"})
+        fn = session.request({"op": "getattr", "target": module, "name": name})
+        return session.request({"op": "call", "target": fn, "args": list(args), "kwargs": {}, "backward": None})
+
+    call.session = session
+    return call
+
+
+@pytest.fixture
+def full(make_submission, session_for, monkeypatch):
+    monkeypatch.delenv(layers.OFF_VARIABLE, raising=False)
+    iso = layers.isolation()
+    if iso.level != "full":
+        pytest.skip(f"this machine gives isolation level {iso.level!r}, not full: "
+                    + "; ".join(f"{n}: {d}" for n, a, d in iso.report() if not a))
+    return _session(make_submission, session_for)
+
+
+@pytest.fixture
+def minimal(make_submission, session_for, monkeypatch):
+    monkeypatch.setenv(layers.OFF_VARIABLE, "uid,namespaces,cgroups")
+    if not layers.isolation().seccomp:
+        pytest.skip(f"no seccomp here: {layers.isolation().detail['seccomp']}")
+    return _session(make_submission, session_for)
+
+
+def test_full_worker_has_its_own_uid_and_pid_namespace(full):
+    seen = full("ids")
+    assert identity.FIRST_UID <= seen["uid"] < identity.FIRST_UID + identity.POOL_SIZE
+    assert seen["gid"] == seen["uid"] and seen["groups"] == []
+    assert seen["pid"] == 1                      # process 1 of its own namespace
+    assert full("processes") == [1]              # the grader, pytest, every other process: invisible
+
+
+def test_full_worker_sees_an_allow_list_of_files(full, tmp_path):
+    import grader
+    from grader.stages import project_root
+
+    paths = [str(project_root() / "solutions"), str(project_root() / "autograder_tests"), str(tmp_path),
+             "/var", os.path.dirname(grader.__file__), os.path.dirname(os.__file__)]
+    assert full("visible", paths) == [False, False, False, False, True, True]
+
+
+def test_full_worker_cannot_write_the_runtime_or_the_grader(full):
+    import grader
+
+    target = os.path.join(os.path.dirname(grader.__file__), "planted.py")
+    with pytest.raises(StudentException) as info:
+        full("write_into", target)
+    assert info.value.is_a("OSError")
+    assert not os.path.exists(target)
+
+
+def test_full_worker_network_is_loopback_only(full):
+    import socket
+
+    assert full("inet") == ("connect", errno.ENETUNREACH)   # the ordinary failure: no route
+    assert full("unix_pair") == b"x"
+    with socket.socket() as host_server:   # the machine's loopback: a worker must not reach it
+        host_server.bind(("127.0.0.1", 0))
+        host_server.listen(1)
+        assert full("loopback", host_server.getsockname()[1]) == (b"ok", "ConnectionRefusedError")
+
+
+@pytest.mark.parametrize("level", ["full", "minimal"])
+def test_programs_are_refused_by_the_kernel(level, request):
+    worker = request.getfixturevalue(level)
+    for name in ("program", "interpreter"):
+        with pytest.raises(StudentException) as info:
+            worker(name)
+        assert info.value.is_a("PermissionError"), info.value.message
+
+
+@pytest.mark.parametrize("level", ["full", "minimal"])
+def test_sysv_shared_memory_is_refused(level, request):
+    result, err = request.getfixturevalue(level)("sysv_shm")
+    assert result == -1 and err == errno.EPERM
+
+
+def test_minimal_worker_refuses_internet_sockets_but_not_unix_ones(minimal):
+    assert minimal("inet") == ("socket", errno.EPERM)
+    assert minimal("unix_pair") == b"x"
+
+
+def test_full_output_is_read_through_the_graders_descriptor(full, tmp_path):
+    """A worker owns its folder: swapping output.txt for a link to a secret must not leak it."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("CANARY-OUTPUT-SWAP")
+    os.chmod(tmp_path, 0o755)
+    full.session.take_output()
+    full("swap_output", str(secret))
+    printed = full.session.take_output()
+    assert "CANARY-OUTPUT-SWAP" not in printed
+
+
+@pytest.mark.parametrize("level", ["full", "minimal"])
+def test_a_daemon_dies_with_its_worker(level, request):
+    worker = request.getfixturevalue(level)
+    name = f"llmgd{os.getpid() % 10000}{level[0]}"
+    assert worker("daemon", name) is True
+    assert _named(name), "the daemon did not start"
+    worker.session.close()
+    deadline = time.monotonic() + 5
+    while _named(name) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _named(name)
+
+
+def _named(name: str) -> list[int]:
+    """Live processes whose name (/proc/<pid>/comm) is `name`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if comm == name and state not in ("Z", "X"):
+            found.append(int(entry))
+    return found
+
+
+def test_doctor_lists_every_layer():
+    from grader.cli import cli
+
+    result = CliRunner().invoke(cli, ["doctor"])
+    assert result.exit_code == 0, result.output
+    for name in layers.LAYERS:
+        assert name in result.output
+    assert f"isolation level: {layers.isolation().level}" in result.output
+
+
+def test_strict_refuses_without_namespaces(monkeypatch, tmp_path):
+    from grader.cli import cli
+
+    monkeypatch.setenv(layers.OFF_VARIABLE, "namespaces")
+    result = CliRunner().invoke(cli, ["doctor", "--isolation", "strict"])
+    assert result.exit_code == 1 and "namespaces is off" in result.output
+    result = CliRunner().invoke(cli, ["grade", str(tmp_path), "--stage", "bigram", "--isolation", "strict",
+                                      "--out", str(tmp_path / "r.json")], standalone_mode=False)
+    assert isinstance(result.exception, Exception) and "namespaces is off" in str(result.exception)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_results_that_cannot_be_written_go_elsewhere_and_say_where(tmp_path):
+    from grader.results import ResultsNotWritten, write
+
+    blocked = tmp_path / "results.json"
+    blocked.mkdir()     # what a hostile worker would leave at the results path
+    results = {"score": 1.0, "tests": []}
+    with pytest.raises(ResultsNotWritten) as info:
+        write(results, blocked)
+    assert str(blocked) in str(info.value) and str(info.value.fallback) in str(info.value)
+    assert '"score": 1.0' in info.value.fallback.read_text()
+    info.value.fallback.unlink()
+    assert write(results, tmp_path / "ok.json").read_text().startswith("{")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []   # no temporary left
+
+
+@pytest.mark.parametrize("level", ["full", "minimal"])
+def test_workers_die_with_their_template(level, request):
+    """A grading process killed mid-run must not leave its workers grading on as orphans."""
+    import signal
+
+    from grader.worker import client
+
+    worker = request.getfixturevalue(level)
+    name = f"llmgt{os.getpid() % 10000}{level[0]}"
+    assert worker("rename", name) is True
+    assert _named(name)
+    template = client.template()
+    os.kill(template.process.pid, signal.SIGKILL)
+    template.process.wait(5)
+    deadline = time.monotonic() + 5
+    while _named(name) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _named(name)
