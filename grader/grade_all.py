@@ -230,6 +230,9 @@ def grade_all(submissions_dir: Path, out: Path, options: BatchOptions,
     `on_start(to_report, skipped)` is called once the work is known; `progress(outcome)` after each
     id that is not skipped (`to_report` of them).
     """
+    from grader.worker.layers import protect_grading_process
+
+    protect_grading_process()   # no worker may read or write the batch's memory either
     submissions_dir, out = Path(submissions_dir).resolve(), Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     found = find_submissions(submissions_dir)

@@ -158,3 +158,183 @@ def test_a_glob_names_public_objects_only():
     assert "torch.nn.TransformerEncoderLayer" in names
     assert all(not n.rsplit(".", 1)[1].startswith("__") for n in traps.resolve("torch.nn.*") for n in [n[2]])
     assert "torch.nn.functional" not in [n for _, _, n in traps.resolve("torch.nn.*")]   # a submodule
+
+
+# ---- the ATen operators behind the banned names (traps.refuse_operators) -----------
+
+# Each way past the name traps to the computation of a banned API, per stage (its real list).
+PRIVATE_ROUTES = {
+    "cross_entropy": {
+        "torch._softmax": "torch._softmax(x, -1, False)",
+        "torch.ops.aten._softmax": "torch.ops.aten._softmax(x, -1, False)",
+        "_VariableFunctions.softmax": "torch._C._VariableFunctions.softmax(x, -1)",
+        "aten._log_softmax.default": "torch.ops.aten._log_softmax.default(x, -1, False)",
+        "aten._softmax.out": "torch.ops.aten._softmax.out(x, -1, False, out=torch.empty_like(x))",
+        "_VariableFunctions.logsumexp": "torch._C._VariableFunctions.logsumexp(x, [-1])",
+        "_nn.cross_entropy_loss": "torch._C._nn.cross_entropy_loss(x, torch.zeros(2, dtype=torch.long))",
+        "_nn.nll_loss_nd": "torch._C._nn.nll_loss_nd(x, torch.zeros(2, dtype=torch.long))",
+        "no_grad softmax": "torch.no_grad()(lambda: torch.ops.aten.softmax.int(x, -1))()",
+        "vmap": "torch.func.vmap(lambda row: torch._softmax(row, 0, False))(x)",
+    },
+    "attention": {
+        "_nn.sdpa": "torch._C._nn.scaled_dot_product_attention(x[None], x[None], x[None])",
+        "aten.sdpa for cpu": "torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(x[None, None], x[None, None], x[None, None])",
+        "torch._masked_softmax": "torch._masked_softmax(x, torch.zeros_like(x, dtype=torch.bool), -1)",
+    },
+    "transformer": {
+        "torch.ops.aten.layer_norm": "torch.ops.aten.layer_norm(x, [2])",
+        "_VariableFunctions.native_layer_norm": "torch._C._VariableFunctions.native_layer_norm(x, [2], None, None, 1e-5)",
+    },
+    "embeddings": {
+        "_nn.one_hot": "torch._C._nn.one_hot(torch.tensor([1, 0]), 3)",
+        "aten.embedding": "torch.ops.aten.embedding(x, torch.tensor([1, 0]))",
+        "_VariableFunctions.embedding": "torch._C._VariableFunctions.embedding(x, torch.tensor([1]))",
+        "aten.cosine_similarity": "torch.ops.aten.cosine_similarity(x, x)",
+    },
+}
+
+
+@pytest.mark.parametrize("stage", sorted(PRIVATE_ROUTES))
+def test_worker_refuses_the_operators_behind_banned_apis(make_submission, session_for, stage):
+    """torch._softmax, torch.ops.aten..., torch._C._nn...: the same computation is refused by its operator."""
+    import torch
+
+    from grader.banned import stage_banned_apis
+
+    routes = PRIVATE_ROUTES[stage]
+    source = "import torch\n\n" + "".join(f"def route{i}(x):\n    return {code}\n\n"
+                                          for i, code in enumerate(routes.values()))
+    remote = RemoteSubmission(session_for(make_submission({"private.py": source})),
+                              banned_apis=stage_banned_apis(stage))
+    x = torch.tensor([[0.5, -1.0], [2.0, 0.25]])
+    not_refused = []
+    for i, label in enumerate(routes):
+        try:
+            getattr(remote.private, f"route{i}")(x)
+            not_refused.append(label)
+        except StudentCodeError as failure:
+            assert failure.is_a("BannedAPIError"), (label, str(failure))
+            assert "is not allowed in this stage" in str(failure), (label, str(failure))
+    assert not_refused == []
+
+
+def test_refused_operators_leave_allowed_ones_and_gradients_alone(make_submission, session_for):
+    """With softmax's operators refused, a softmax written by hand runs, with its gradient, and so
+    do backward kernels of refused operators (the gradient of an allowed one may use them)."""
+    import torch
+
+    from grader.banned import stage_banned_apis
+    from grader.remote import backward
+
+    source = '''
+import torch
+
+def own_log_softmax(x):
+    shifted = x - x.amax(-1, keepdim=True)
+    return shifted - shifted.exp().sum(-1, keepdim=True).log()
+
+def backward_kernel(grad, out):
+    return torch._softmax_backward_data(grad, out, -1, out.dtype)
+
+def message(x):
+    try:
+        torch.ops.aten._log_softmax(x, -1, False)
+    except Exception as exc:
+        return type(exc).__name__ + ": " + str(exc)
+'''
+    remote = RemoteSubmission(session_for(make_submission({"m.py": source})),
+                              banned_apis=stage_banned_apis("cross_entropy"))
+    x = torch.tensor([[0.5, -1.0, 3.0], [2.0, 0.25, 0.0]], requires_grad=True)
+    grad_output = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.5, 2.0]])
+    result = backward(remote.m.own_log_softmax, x, grad_output=grad_output)
+    expected, = torch.autograd.grad(torch.log_softmax(x, -1), x, grad_output)
+    assert torch.allclose(result.value, torch.log_softmax(x, -1).detach())
+    assert torch.allclose(result.input_grads[0], expected)
+    probs = torch.softmax(x.detach(), -1)
+    assert torch.allclose(remote.m.backward_kernel(grad_output, probs),
+                          torch._softmax_backward_data(grad_output, probs, -1, probs.dtype))
+    assert remote.m.message(x.detach()) == (
+        "BannedAPIError: aten::_log_softmax is the operation behind F.log_softmax, which is not allowed "
+        "in this stage: write it yourself (the handout lists the banned APIs)")
+
+
+def _public_calls():
+    """An example call of each name in traps.OPERATORS (run in this process, untrapped)."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    x, targets = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    q, ids, table = torch.randn(1, 3, 4), torch.tensor([1, 2]), torch.randn(5, 3)
+
+    def eval_no_grad(module, *args):
+        with torch.no_grad():
+            return module.eval()(*args)
+
+    softmax = {"torch.nn.functional.softmax": lambda: F.softmax(x, -1), "torch.softmax": lambda: torch.softmax(x, -1),
+               "torch.Tensor.softmax": lambda: x.softmax(-1), "torch.special.softmax": lambda: torch.special.softmax(x, -1),
+               "torch.nn.Softmax": lambda: nn.Softmax(-1)(x), "torch.nn.Softmax2d": lambda: nn.Softmax2d()(x[None])}
+    log_softmax = {"torch.nn.functional.log_softmax": lambda: F.log_softmax(x, -1),
+                   "torch.log_softmax": lambda: torch.log_softmax(x, -1), "torch.Tensor.log_softmax": lambda: x.log_softmax(-1),
+                   "torch.special.log_softmax": lambda: torch.special.log_softmax(x, -1),
+                   "torch.nn.LogSoftmax": lambda: nn.LogSoftmax(-1)(x)}
+    others = {
+        "torch.logsumexp": lambda: torch.logsumexp(x, -1), "torch.Tensor.logsumexp": lambda: x.logsumexp(-1),
+        "torch.special.logsumexp": lambda: torch.special.logsumexp(x, -1),
+        "torch.nn.functional.cross_entropy": lambda: F.cross_entropy(x, targets),
+        "torch.nn.CrossEntropyLoss": lambda: nn.CrossEntropyLoss()(x, targets),
+        "torch.nn.functional.nll_loss": lambda: F.nll_loss(x, targets), "torch.nn.NLLLoss": lambda: nn.NLLLoss()(x, targets),
+        "torch.nn.functional.scaled_dot_product_attention": lambda: F.scaled_dot_product_attention(q, q, q),
+        "torch.nn.MultiheadAttention": lambda: eval_no_grad(nn.MultiheadAttention(4, 2, batch_first=True), q, q, q),
+        "torch.nn.functional.multi_head_attention_forward": lambda: eval_no_grad(
+            nn.MultiheadAttention(4, 2, batch_first=True), q, q, q),   # its fast path skips the Python function
+        "torch.nn.TransformerEncoderLayer": lambda: eval_no_grad(nn.TransformerEncoderLayer(4, 2, 8, batch_first=True), q),
+        "torch.nn.TransformerEncoder": lambda: eval_no_grad(nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(4, 2, 8, batch_first=True), 1, enable_nested_tensor=False), q),
+        "torch.nn.TransformerDecoderLayer": lambda: eval_no_grad(nn.TransformerDecoderLayer(4, 2, 8, batch_first=True), q, q),
+        "torch.nn.TransformerDecoder": lambda: eval_no_grad(nn.TransformerDecoder(
+            nn.TransformerDecoderLayer(4, 2, 8, batch_first=True), 1), q, q),
+        "torch.nn.Transformer": lambda: eval_no_grad(nn.Transformer(4, 2, 1, 1, 8, batch_first=True), q, q),
+        "torch.nn.LayerNorm": lambda: nn.LayerNorm(5)(x), "torch.nn.functional.layer_norm": lambda: F.layer_norm(x, (5,)),
+        "torch.layer_norm": lambda: torch.layer_norm(x, (5,)),
+        "torch.native_layer_norm": lambda: torch.native_layer_norm(x, (5,), None, None, 1e-5),
+        "torch.nn.Embedding": lambda: nn.Embedding(5, 3)(ids), "torch.nn.functional.embedding": lambda: F.embedding(ids, table),
+        "torch.embedding": lambda: torch.embedding(table, ids),
+        "torch.nn.EmbeddingBag": lambda: nn.EmbeddingBag(5, 3)(ids[None]),
+        "torch.nn.functional.embedding_bag": lambda: F.embedding_bag(ids[None], table),
+        "torch.nn.functional.one_hot": lambda: F.one_hot(ids, 5),
+        "torch.nn.functional.cosine_similarity": lambda: F.cosine_similarity(table, table),
+        "torch.cosine_similarity": lambda: torch.cosine_similarity(table, table),
+        "torch.nn.CosineSimilarity": lambda: nn.CosineSimilarity()(table, table),
+    }
+    return softmax | log_softmax | others
+
+
+def test_operators_are_what_the_public_calls_run():
+    """traps.OPERATORS is traced, not guessed: each public call runs one of its name's operators
+    (the profiler records composite operators too), and every torch API a stage bans has an entry."""
+    import torch
+
+    from grader.banned import stage_banned_apis
+    from grader.stages import discover
+    from grader.worker import traps
+
+    calls = _public_calls()
+    assert set(calls) == set(traps.OPERATORS)
+    missed = {}
+    for name, call in calls.items():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+            call()
+        ran = {event.name.split("::", 1)[1] for event in profile.events() if event.name.startswith("aten::")}
+        if not ran & set(traps.OPERATORS[name]):
+            missed[name] = sorted(ran)
+    assert missed == {}
+    for stage in discover():
+        for pattern in stage_banned_apis(stage.name):
+            if pattern.startswith("torch."):
+                for _, _, full_name in traps.resolve(pattern):
+                    assert full_name in traps.OPERATORS, f"{stage.name} bans {full_name}: map it to its operators"
+    for packets in traps.OPERATORS.values():   # each name is an operator of some torch (most of this one)
+        assert all(p.isidentifier() for p in packets)
+    assert traps.operators_for(["torch.nn.Transformer*"]) == dict.fromkeys(
+        ("_transformer_encoder_layer_fwd", "_native_multi_head_attention"), "torch.nn.Transformer")

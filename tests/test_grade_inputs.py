@@ -3,6 +3,7 @@
 import io
 import json
 import shutil
+import stat
 import subprocess
 import sys
 import zipfile
@@ -204,3 +205,112 @@ def test_stop_when_ends_the_run_after_the_first_matching_test(make_submission):
     results = graded(make_submission({"bigram.py": broken}), options)
     assert len(results["tests"]) == 1 and results["tests"][0]["status"] == "failed"
     assert "build_vocab" in results["tests"][0]["output"]
+
+
+# ---- symbolic links and what a parse error may say -------------------------------
+
+CANARY = "CANARY-7f3a-secret-line"
+
+
+def load_only(path, tmp_path, modules=("bigram",)):
+    """submission.load without grading: the problems and notes a submission's files give."""
+    from grader import submission
+
+    return submission.load(path, list(modules), tmp_path / "loaded" / "submission")
+
+
+def all_messages(results) -> str:
+    return json.dumps(results)
+
+
+@pytest.fixture
+def secret(tmp_path):
+    """A file the submission must never get read: not JSON, so a parser would quote it."""
+    path = tmp_path / "secret" / "shadow"
+    path.parent.mkdir()
+    path.write_text(CANARY + ": root:$6$hash\n")
+    return path
+
+
+def test_symlinked_notebook_is_refused_and_never_read(tmp_path, secret):
+    folder = tmp_path / "sub"
+    folder.mkdir()
+    (folder / "bigram.ipynb").symlink_to(secret)
+    results = graded(folder)
+    assert results["score"] == 0
+    assert all("bigram.ipynb is a symbolic link; submit the file itself" in out for out in failures(results).values())
+    assert CANARY not in all_messages(results)
+
+
+def test_symlinks_in_a_folder(tmp_path, make_submission, secret):
+    """A linked stage .py is the module's problem; other links (files, folders) are left out with a note."""
+    folder = make_submission({"bigram.ipynb": "{}", "helpers.py": "x = 1\n"})
+    (folder / "bigram.py").symlink_to(project_root() / "solutions" / "bigram.py")
+    (folder / "linked_helper.py").symlink_to(secret)
+    (folder / "linked_dir").symlink_to(secret.parent, target_is_directory=True)
+    loaded = load_only(folder, tmp_path)
+    assert loaded.problems == {"bigram": "bigram.py is a symbolic link; submit the file itself"}
+    assert sorted(p.name for p in loaded.root.rglob("*")) == ["bigram.ipynb", "helpers.py"]   # no link copied
+    assert "left out 2 symbolic links (linked_dir/, linked_helper.py): submit the files themselves" in loaded.notes
+    assert CANARY not in json.dumps([loaded.problems, loaded.notes])
+
+
+def test_zip_with_symlink_members(tmp_path, secret):
+    def link(name: str, target: str) -> zipfile.ZipInfo:
+        info = zipfile.ZipInfo(name)
+        info.create_system = 3                              # Unix, so the mode bits mean what they say
+        info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        return info
+
+    archive = tmp_path / "ada.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(link("hw/bigram.ipynb", str(secret)), str(secret))
+        zf.writestr(link("hw/util.py", "../../../solutions/bigram.py"), "../../../solutions/bigram.py")
+        zf.writestr("hw/notes.py", "x = 1\n")
+    loaded = load_only(archive, tmp_path)
+    assert loaded.problems == {"bigram": "bigram.ipynb is a symbolic link; submit the file itself"}
+    assert "left out 1 symbolic link (util.py): submit the files themselves" in loaded.notes
+    assert sorted(p.name for p in loaded.root.rglob("*")) == ["notes.py"]
+    assert not any(p.is_symlink() for p in tmp_path.joinpath("loaded").rglob("*"))   # never created
+    alone = tmp_path / "alone.zip"              # the link alone in its folder: still found, still refused
+    with zipfile.ZipFile(alone, "w") as zf:
+        zf.writestr(link("hw/bigram.py", str(secret)), str(secret))
+    assert load_only(alone, tmp_path / "alone").problems == {
+        "bigram": "bigram.py is a symbolic link; submit the file itself"}
+    results = graded(archive)
+    assert results["score"] == 0 and CANARY not in all_messages(results)
+    assert all("bigram.ipynb is a symbolic link" in out for out in failures(results).values())
+
+
+def test_a_symlinked_single_file_is_refused(tmp_path, secret):
+    link = tmp_path / "bigram.ipynb"
+    link.symlink_to(secret)
+    loaded = load_only(link, tmp_path)
+    assert loaded.problems == {"bigram": "bigram.ipynb is a symbolic link; submit the file itself"}
+
+
+def _cell_source_of_the_wrong_type() -> str:
+    nb = json.loads(notebook([("#| export\nx = 1", None)]))
+    nb["cells"][1]["source"] = {CANARY: CANARY}
+    return json.dumps(nb)
+
+
+@pytest.mark.parametrize("content, reason", [
+    (CANARY + " {not json", "not valid JSON: line 1, column 1"),
+    ('{"cells": "\\' + CANARY + '"}', "not valid JSON: line 1, column 12"),       # json quotes a bad escape
+    (json.dumps([CANARY]), "the JSON is not an object"),
+    (json.dumps({"nbformat": CANARY, "cells": []}), "unsupported or missing nbformat version"),
+    (json.dumps({"nbformat": 4, "nbformat_minor": 5, "cells": [{"cell_type": CANARY}]}),
+     "it does not follow the notebook format"),
+    (_cell_source_of_the_wrong_type(), "it does not follow the notebook format at cells/1/source"),
+], ids=["not-json", "bad-escape", "a-list", "version", "cell-type", "source-type"])
+def test_notebook_errors_never_quote_the_file(tmp_path, make_submission, content, reason):
+    loaded = load_only(make_submission({"bigram.ipynb": content}), tmp_path)
+    assert loaded.problems["bigram"] == f"bigram.ipynb is not a valid Jupyter notebook ({reason})"
+    assert CANARY not in json.dumps([loaded.problems, loaded.notes])
+
+
+def test_notebook_error_in_the_feedback_quotes_nothing(make_submission):
+    results = graded(make_submission({"bigram.ipynb": CANARY + "\n{ not json"}))
+    assert results["score"] == 0 and CANARY not in all_messages(results)
+    assert all("not valid JSON: line 1, column 1" in out for out in failures(results).values())

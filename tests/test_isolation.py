@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from grader.worker import identity, layers
-from grader.worker.client import StudentException
+from grader.worker.client import StudentException, WorkerCrashed
 
 MODULE = '''
 import ctypes, errno, os, signal, socket, subprocess, sys, time
@@ -89,6 +89,13 @@ def daemon(name):
         os._exit(0)
     time.sleep(0.3)
     return True
+
+def fill_shm(megabytes):
+    for i in range(megabytes // 8):   # files of 8 MiB: RLIMIT_FSIZE caps each file, not their sum
+        with open(f"/dev/shm/llmgrade-hog-{i}", "wb") as f:
+            f.write(b"x" * 8 * 2**20)
+    time.sleep(2)   # the watchdog looks every 50 ms
+    return sum(os.path.getsize(f"/dev/shm/{name}") for name in os.listdir("/dev/shm"))
 
 def rename(name):
     ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)   # PR_SET_NAME
@@ -198,6 +205,20 @@ def test_full_output_is_read_through_the_graders_descriptor(full, tmp_path):
     full("swap_output", str(secret))
     printed = full.session.take_output()
     assert "CANARY-OUTPUT-SWAP" not in printed
+
+
+def test_memory_hidden_in_shm_counts(make_submission, session_for, monkeypatch):
+    """The cgroup charges tmpfs pages: a worker cannot park memory in /dev/shm past its limit."""
+    monkeypatch.delenv(layers.OFF_VARIABLE, raising=False)
+    if not (layers.isolation().cgroups and layers.isolation().namespaces):
+        pytest.skip("needs the cgroup and namespace layers (this machine: "
+                    f"{layers.isolation().summary()})")
+    folder = make_submission({"m.py": MODULE})
+    session = session_for(folder, timeout=10.0, memory_limit=128 * 2**20)
+    module = session.request({"op": "import", "module": "m"})
+    fn = session.request({"op": "getattr", "target": module, "name": "fill_shm"})
+    with pytest.raises(WorkerCrashed, match="memory"):
+        session.request({"op": "call", "target": fn, "args": [200], "kwargs": {}, "backward": None})
 
 
 @pytest.mark.parametrize("level", ["full", "minimal"])

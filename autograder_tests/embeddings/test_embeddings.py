@@ -399,7 +399,8 @@ def test_no_banned_apis(student, submission_dir, reference):
     """embeddings.py and its helper modules call none of the banned APIs"""
     from grader.banned import expect_no_banned_apis
 
-    # An untouched skeleton calls nothing at all: the points need some working code.
+    # An untouched skeleton calls nothing at all: the points need some working code, that is a
+    # returned value; an exception of any type counts for nothing.
     implemented = False
     for call in (lambda: student.embeddings.one_hot(int64([1], "cpu"), 2),
                  lambda: student.embeddings.cosine_similarity(torch.ones(2), torch.ones(2)),
@@ -408,8 +409,9 @@ def test_no_banned_apis(student, submission_dir, reference):
             call()
             implemented = True
             break
-        except Exception:  # noqa: BLE001 -- not implemented, or failing: judged by the other tests
-            continue
+        except StudentCodeError as exc:   # not implemented, or failing: judged by the other tests
+            if exc.is_a("BannedAPIError"):   # refused at run time (an alias the source check misses)
+                raise CheckFailure(str(exc)) from None
     if not implemented:
         raise CheckFailure("nothing in embeddings.py runs yet (one_hot, cosine_similarity and "
                            "sinusoidal_positions all fail), so there is no code to check for banned APIs")

@@ -274,15 +274,17 @@ def test_no_banned_apis(student, submission_dir, reference):
     """tokenizer.py and its helper modules call none of the banned APIs (tiktoken...)"""
     from grader.banned import expect_no_banned_apis
 
-    # An untouched skeleton calls nothing at all: the points need some working code.
+    # An untouched skeleton calls nothing at all: the points need some working code, that is a
+    # returned value; an exception of any type counts for nothing.
     implemented = False
     for call in (lambda: student.tokenizer.train_bpe("ab", 257),
                  lambda: student.tokenizer.Tokenizer({bytes([b]): b for b in range(256)}).encode("ab")):
         try:
             call()
             implemented = True
-        except StudentCodeError:
-            pass
+        except StudentCodeError as exc:
+            if exc.is_a("BannedAPIError"):   # refused at run time (a call the source check misses)
+                raise CheckFailure(str(exc)) from None
     if not implemented:
         raise CheckFailure("neither train_bpe nor Tokenizer.encode works yet; this test gives its "
                            "points to working code that calls no banned API")

@@ -38,10 +38,13 @@ class WorkerGroup:
         return found
 
     def memory_bytes(self) -> int:
-        name = "memory.usage_in_bytes" if self.version == 1 else "memory.current"
+        """Anonymous memory plus tmpfs/shm files of the group: what the worker holds, not the
+        page cache of files it read (which the kernel reclaims before it would kill)."""
+        keys = ("total_rss", "total_shmem") if self.version == 1 else ("anon", "shmem")
         for folder in self.folders:
             try:
-                return int(Path(folder, name).read_text())
+                stat = dict(line.split() for line in Path(folder, "memory.stat").read_text().splitlines())
+                return sum(int(stat.get(key, 0)) for key in keys)
             except (OSError, ValueError):
                 continue
         return 0
@@ -99,6 +102,11 @@ def usable() -> str:
     try:
         for parent in _parents(v):
             parent.mkdir(exist_ok=True)
+            # mkdir(exist_ok) succeeds on a read-only mount when the folder is already there
+            # (Docker's read-only cgroups over a host that made it): make and remove a group.
+            probe = parent / f"probe-{os.getpid()}"
+            probe.mkdir(exist_ok=True)
+            probe.rmdir()
         if v == 2:
             controllers = (ROOT / "cgroup.subtree_control").read_text().split()
             if not {"memory", "pids"} <= set(controllers):

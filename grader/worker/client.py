@@ -238,8 +238,8 @@ class WorkerProcess:
         """What the worker holds: its cgroup's charge, or the resident memory of its processes."""
         if self.group is not None:
             return self.group.memory_bytes()
-        if self.lease is not None:
-            return sum(_resident_bytes(pid) for pid in identity.processes_of(self.lease.uid))
+        if self.lease is not None:   # proportional: pages shared with the template count once in all
+            return sum(_proportional_bytes(pid) for pid in identity.processes_of(self.lease.uid))
         return _resident_bytes(self.pid)
 
     def new_output(self) -> str:
@@ -297,6 +297,18 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def _proportional_bytes(pid: int) -> int:
+    """The process's proportional set size (a page shared by n processes counts 1/n)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            for line in rollup:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return _resident_bytes(pid)
 
 
 def _resident_bytes(pid: int) -> int:

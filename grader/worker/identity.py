@@ -27,7 +27,7 @@ from pathlib import Path
 
 FIRST_UID = 62000          # below 65534 (nobody) and inside Docker's default 16-bit id map
 POOL_SIZE = 256
-SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue")
+SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue", "/run/lock", "/var/lock")
 
 
 def lock_dir() -> Path:
@@ -121,25 +121,37 @@ def kill_all(uid: int, timeout: float = 3.0) -> bool:
 
 
 def sweep_files(uid: int) -> list[str]:
-    """Remove what `uid` left at the top of the machine's shared writable folders; returns the paths."""
-    removed = []
+    """Remove what `uid` left in the machine's shared writable folders; returns the paths.
+
+    A uid with no groups can only make entries in folders it owns (removed whole) or that anyone
+    may write to: the shared folders, and world-writable folders inside them (/tmp/.X11-unix),
+    which are searched too, a few levels deep, never through a symbolic link."""
+    removed: list[str] = []
     for folder in SHARED_WRITABLE:
+        _sweep(folder, uid, removed, depth=4)
+    return removed
+
+
+def _sweep(folder: str, uid: int, removed: list[str], depth: int) -> None:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
         try:
-            entries = list(os.scandir(folder))
+            st = entry.stat(follow_symlinks=False)
+            if st.st_uid != uid:
+                if (depth > 1 and stat.S_ISDIR(st.st_mode)
+                        and st.st_mode & (stat.S_IWOTH | stat.S_IXOTH) == stat.S_IWOTH | stat.S_IXOTH):
+                    _sweep(entry.path, uid, removed, depth - 1)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(entry.path, ignore_errors=True)   # never follows symlinks
+            else:
+                os.unlink(entry.path)
+            removed.append(entry.path)
         except OSError:
             continue
-        for entry in entries:
-            try:
-                if entry.stat(follow_symlinks=False).st_uid != uid:
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)   # never follows symlinks
-                else:
-                    os.unlink(entry.path)
-                removed.append(entry.path)
-            except OSError:
-                continue
-    return removed
 
 
 def readable_by_others(path: Path) -> bool:

@@ -202,7 +202,7 @@ class _AuditHook:
 
     def __call__(self, event: str, args: tuple) -> None:
         if event in ("open", "os.listdir", "os.scandir", "os.link", "os.symlink", "os.rename",
-                     "os.remove", "os.rmdir", "os.chmod", "shutil.rmtree"):
+                     "os.remove", "os.rmdir", "os.mkdir", "os.chmod", "os.truncate", "shutil.rmtree"):
             for arg in args[:2]:
                 if isinstance(arg, (str, bytes, os.PathLike)) and self.is_hidden(arg):
                     raise PermissionError(f"the grader's files are off limits: {os.fsdecode(arg)}")

@@ -19,6 +19,7 @@ import fnmatch
 import functools
 import importlib
 import types
+import warnings
 from typing import Any, Iterator
 
 import torch
@@ -28,10 +29,14 @@ class BannedAPIError(RuntimeError):
     """Raised by a call to an API the stage does not allow."""
 
 
+def short_name(name: str) -> str:
+    """The name as students write it: F.softmax, nn.LayerNorm, Tensor.softmax."""
+    return (name.replace("torch.nn.functional.", "F.").replace("torch.nn.", "nn.")
+            .replace("torch.Tensor.", "Tensor."))
+
+
 def message(name: str) -> str:
-    short = (name.replace("torch.nn.functional.", "F.").replace("torch.nn.", "nn.")
-             .replace("torch.Tensor.", "Tensor."))
-    return (f"{short} is not allowed in this stage: write it yourself "
+    return (f"{short_name(name)} is not allowed in this stage: write it yourself "
             f"(the handout lists the banned APIs)")
 
 
@@ -87,7 +92,13 @@ def _home_module(obj: Any) -> Any:
 
 
 def install(names: list[str]) -> list[str]:
-    """Trap every API in `names` in this process; returns the full names trapped."""
+    """Trap every API in `names` in this process and refuse the ATen operators behind them
+    (see `refuse_operators`); returns the full names trapped, then the operators refused."""
+    return install_names(names) + refuse_operators(names)
+
+
+def install_names(names: list[str]) -> list[str]:
+    """Replace every API in `names` by a trap in this process; returns the full names trapped."""
     trapped = []
     for name in names:
         for owner, attribute, full_name in resolve(name):
@@ -102,3 +113,115 @@ def install(names: list[str]) -> list[str]:
             if home is not None and home is not owner and getattr(home, attribute, None) is original:
                 setattr(home, attribute, replacement)
     return trapped
+
+
+# ---- the ATen operators behind the banned names ----------------------------------------
+
+# Forward operators only (the gradient of an allowed operator may use a backward kernel such
+# as _softmax_backward_data). Each name lists the operators that only it reaches: nll_loss's
+# are not cross_entropy's, so a stage that bans cross_entropy alone still allows
+# nll_loss(log_softmax(x)). Found by tracing each public call (the profiler records the
+# composite operators, a dispatch mode the kernels they end in); `test_operators_are_what_the_
+# public_calls_run` in tests/test_banned.py repeats the trace. Operators this torch lacks are skipped.
+_SOFTMAX = ("softmax", "_softmax", "special_softmax", "_safe_softmax", "_masked_softmax", "_sparse_softmax")
+_LOG_SOFTMAX = ("log_softmax", "_log_softmax", "special_log_softmax", "_sparse_log_softmax")
+_LOGSUMEXP = ("logsumexp", "special_logsumexp")
+_NLL_LOSS = ("nll_loss", "nll_loss_nd", "nll_loss_forward", "nll_loss2d", "nll_loss2d_forward")
+_SDPA = ("scaled_dot_product_attention", "_scaled_dot_product_attention_math",
+         "_scaled_dot_product_attention_math_for_mps", "_scaled_dot_product_flash_attention",
+         "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_efficient_attention",
+         "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_fused_attention_overrideable",
+         "_flash_attention_forward", "_efficient_attention_forward", "_cudnn_attention_forward")
+_MHA = ("_native_multi_head_attention",)
+_TRANSFORMER = ("_transformer_encoder_layer_fwd", "_native_multi_head_attention")
+_LAYER_NORM = ("layer_norm", "native_layer_norm")
+_EMBEDDING_BAG = ("embedding_bag", "_embedding_bag", "_embedding_bag_forward_only")
+
+OPERATORS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("torch.nn.functional.softmax", "torch.softmax", "torch.Tensor.softmax",
+                     "torch.special.softmax", "torch.nn.Softmax", "torch.nn.Softmax2d"), _SOFTMAX),
+    **dict.fromkeys(("torch.nn.functional.log_softmax", "torch.log_softmax", "torch.Tensor.log_softmax",
+                     "torch.special.log_softmax", "torch.nn.LogSoftmax"), _LOG_SOFTMAX),
+    **dict.fromkeys(("torch.logsumexp", "torch.Tensor.logsumexp", "torch.special.logsumexp"), _LOGSUMEXP),
+    **dict.fromkeys(("torch.nn.functional.cross_entropy", "torch.nn.CrossEntropyLoss"), ("cross_entropy_loss",)),
+    **dict.fromkeys(("torch.nn.functional.nll_loss", "torch.nn.NLLLoss"), _NLL_LOSS),
+    "torch.nn.functional.scaled_dot_product_attention": _SDPA,
+    **dict.fromkeys(("torch.nn.MultiheadAttention", "torch.nn.functional.multi_head_attention_forward"), _MHA),
+    **dict.fromkeys(("torch.nn.Transformer", "torch.nn.TransformerEncoder", "torch.nn.TransformerEncoderLayer",
+                     "torch.nn.TransformerDecoder", "torch.nn.TransformerDecoderLayer"), _TRANSFORMER),
+    **dict.fromkeys(("torch.nn.LayerNorm", "torch.nn.functional.layer_norm", "torch.layer_norm",
+                     "torch.native_layer_norm"), _LAYER_NORM),
+    **dict.fromkeys(("torch.nn.Embedding", "torch.nn.functional.embedding", "torch.embedding"), ("embedding",)),
+    **dict.fromkeys(("torch.nn.EmbeddingBag", "torch.nn.functional.embedding_bag"), _EMBEDDING_BAG),
+    "torch.nn.functional.one_hot": ("one_hot",),
+    **dict.fromkeys(("torch.nn.functional.cosine_similarity", "torch.cosine_similarity",
+                     "torch.nn.CosineSimilarity"), ("cosine_similarity",)),
+}
+
+# Where an operator may have its own kernel. Meta is left out for composite operators
+# (torch.library forbids it there; they decompose before reaching it).
+_DISPATCH_KEYS = ("CPU", "CUDA", "MPS", "XPU", "Meta", "SparseCPU", "SparseCUDA", "SparseCsrCPU", "SparseCsrCUDA",
+                  "QuantizedCPU", "QuantizedCUDA", "NestedTensorCPU", "NestedTensorCUDA",
+                  "CompositeExplicitAutograd", "CompositeExplicitAutogradNonFunctional",
+                  "CompositeImplicitAutograd", "CompositeImplicitAutogradNestedTensor")
+
+_library: Any = None             # the torch.library registrations: kept alive, or they are undone
+_refused: dict[str, str] = {}    # operator overload ("aten::_softmax.out") -> the banned name behind it
+
+
+def operators_for(names: list[str]) -> dict[str, str]:
+    """ATen operator packets ("_softmax") behind the banned `names` (globs too) -> the first name."""
+    found: dict[str, str] = {}
+    for name in names:
+        for public, packets in OPERATORS.items():
+            if public == name or ("*" in name and fnmatch.fnmatchcase(public, name)):
+                for packet in packets:
+                    found.setdefault(packet, public)
+    return found
+
+
+def operator_message(overload: str, public: str) -> str:
+    return (f"{overload} is the operation behind {short_name(public)}, which is not allowed in this "
+            f"stage: write it yourself (the handout lists the banned APIs)")
+
+
+def _refusing_kernel(overload: str, public: str) -> Any:
+    text = operator_message(overload, public)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise BannedAPIError(text)
+    return refuse
+
+
+def refuse_operators(names: list[str]) -> list[str]:
+    """Replace, in this process, every kernel of the ATen operators behind `names` by one that
+    raises BannedAPIError; returns the operator overloads refused (each once per process)."""
+    global _library
+    done = []
+    packets = operators_for(names)
+    if not packets:
+        return done
+    if _library is None:
+        _library = torch.library.Library("aten", "IMPL")
+    with warnings.catch_warnings():   # "Overriding a previously registered kernel": that is the point
+        warnings.simplefilter("ignore")
+        for packet_name, public in packets.items():
+            try:
+                packet = getattr(torch.ops.aten, packet_name)
+            except AttributeError:
+                continue   # not in this version of torch
+            for overload_name in packet.overloads():
+                overload = getattr(packet, overload_name)
+                qualified = overload.name()
+                if qualified in _refused:
+                    continue
+                composite = torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "CompositeImplicitAutograd")
+                kernel = _refusing_kernel(qualified, public)
+                for key in _DISPATCH_KEYS:
+                    if key == "Meta" and composite:
+                        continue
+                    if torch._C._dispatch_has_kernel_for_dispatch_key(qualified, key):
+                        _library.impl(overload, kernel, key)
+                _refused[qualified] = public
+                done.append(qualified)
+    return done
