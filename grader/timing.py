@@ -67,7 +67,7 @@ def _measure(fn: Any, args: tuple, kwargs: dict, repeat: int, warmup: int, threa
     def batch(times: int) -> float:
         message = {"op": "repeat", "target": fn, "args": list(args), "kwargs": kwargs,
                    "times": times, "threads": threads}
-        pid = remote._session.ensure_worker().pid
+        pid = remote._session.ensure_worker().code_pid
         start = remote_clock(pid)
         remote.request(message, f"{fn._label}(...)")
         return remote_clock(pid) - start

@@ -97,6 +97,11 @@ def fill_shm(megabytes):
     time.sleep(2)   # the watchdog looks every 50 ms
     return sum(os.path.getsize(f"/dev/shm/{name}") for name in os.listdir("/dev/shm"))
 
+def spin(seconds):
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
 def rename(name):
     ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)   # PR_SET_NAME
     return True
@@ -305,3 +310,15 @@ def test_workers_die_with_their_template(level, request):
     while _named(name) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _named(name)
+
+
+def test_timing_measures_the_process_that_runs_the_code(full):
+    """In a pid namespace the worker's pid is its supervisor's child: CPU time must be read there."""
+    from grader.timing import _process_cpu_seconds
+
+    full("ids")
+    worker = full.session.ensure_worker()
+    assert worker.code_pid != worker.pid
+    before = _process_cpu_seconds(worker.code_pid)
+    full("spin", 0.3)
+    assert _process_cpu_seconds(worker.code_pid) - before > 0.1

@@ -234,6 +234,14 @@ class WorkerProcess:
             return f"crashed: the worker process was killed by {name} ({why})"
         return f"exited: the worker process ended with exit code {code} (os._exit or a crash)"
 
+    @property
+    def code_pid(self) -> int:
+        """The process that runs the submission (what timing measures): the worker itself, or,
+        in a pid namespace, the supervisor's one child."""
+        if getattr(self, "_code_pid", None) is None:
+            self._code_pid = _child_of(self.pid) if self.isolation.namespaces else self.pid
+        return self._code_pid or self.pid
+
     def memory_bytes(self) -> int:
         """What the worker holds: its cgroup's charge, or the resident memory of its processes."""
         if self.group is not None:
@@ -297,6 +305,23 @@ def _alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state not in ("Z", "X")
+
+
+def _child_of(pid: int) -> int | None:
+    """The (first) child of `pid`, from the kernel's list, or None."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        if children:
+            return int(children[0])
+    except (OSError, ValueError):
+        pass
+    for entry in os.scandir("/proc"):
+        try:
+            if entry.name.isdigit() and Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[1] == str(pid):
+                return int(entry.name)
+        except (OSError, IndexError):
+            continue
+    return None
 
 
 def _proportional_bytes(pid: int) -> int:

@@ -31,6 +31,8 @@ NOT_CONTAINED = {
     ("r01_libc_open", "user"): SAME_UID + "the course copy is the grader's, readable by the worker",
     ("r04_dir_fd", "user"): SAME_UID + "the course copy is the grader's, readable by the worker "
                                        "(a relative path with dir_fd also passes the audit hook)",
+    ("r05_proc_mem", "user"): SAME_UID + "the grading processes and the batch are non-dumpable, but "
+                                         "workers of the same uid (its own, another student's) can be read",
     ("r07_kill_grader", "user"): SAME_UID + "it may signal the grading processes and the batch itself",
     ("r08_overwrite", "user"): SAME_UID + "it may write the other students' scratch copies and submissions",
     ("r09_results_dir", "user"): SAME_UID + "it may write the batch's output folder",
