@@ -12,8 +12,6 @@ cgroup v1 (these machines: `memory` and `pids` mounted under /sys/fs/cgroup) and
 from __future__ import annotations
 
 import os
-import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,19 +49,9 @@ class WorkerGroup:
 
     def kill(self, timeout: float = 2.0) -> bool:
         """SIGKILL every process in the group until it is empty; True once empty."""
-        deadline = time.monotonic() + timeout
-        while True:
-            pids = self.procs()
-            if not pids:
-                return True
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.005)
+        from grader.worker.identity import kill_until_gone
+
+        return kill_until_gone(self.procs, timeout)
 
     def remove(self) -> None:
         for folder in self.folders:

@@ -105,9 +105,14 @@ def processes_of(uid: int) -> list[int]:
 
 def kill_all(uid: int, timeout: float = 3.0) -> bool:
     """SIGKILL every process of `uid` until none is left; True once none is."""
+    return kill_until_gone(lambda: processes_of(uid), timeout)
+
+
+def kill_until_gone(find, timeout: float) -> bool:
+    """SIGKILL the pids `find()` returns until it returns none; True once it does (False at `timeout`)."""
     deadline = time.monotonic() + timeout
     while True:
-        pids = processes_of(uid)
+        pids = find()
         if not pids:
             return True
         for pid in pids:
