@@ -51,6 +51,41 @@ def tolerance(dtype: torch.dtype, device: torch.device | str = "cpu") -> tuple[f
     return _TOLERANCES.get(dtype, (0.0, 0.0))
 
 
+# Unit roundoff u (half an ulp at 1.0): float32 2**-24 ≈ 5.96e-8, float64 2**-53.
+def unit_roundoff(dtype: torch.dtype = torch.float32) -> float:
+    return torch.finfo(dtype).eps / 2
+
+
+def reduction_atol(n_terms: int, abs_total: float, *, dtype: torch.dtype = torch.float32,
+                   term_ulps: int = 4) -> float:
+    """Absolute tolerance for a sum or mean of `n_terms` values accumulated in `dtype` in ANY order.
+
+    `abs_total` is Σ|x_i| for a sum, or mean |x_i| for a mean (the bound scales alike).
+
+    The arithmetic (Higham, *Accuracy and Stability of Numerical Algorithms*, §4.2):
+    recursive summation s_k = fl(s_{k-1} + x_k) of n terms, in any order, satisfies
+
+        |ŝ - s| ≤ γ_{n-1} · Σ|x_i|,   γ_m = m·u / (1 - m·u),   u = 2**-24 in float32.
+
+    This bound holds for a Python running sum of float32 scalars, `.sum()`, pairwise
+    summation and float64 accumulation alike (the last three are tighter), so no
+    correct order can fall outside it. Each term also carries the error of its own
+    evaluation (a log, an exp, a division: at most a few ulps each), which adds
+    `term_ulps`·u·Σ|x_i|; hence γ_{n + term_ulps}.
+
+    Example: the bigram NLL over 29k held-out bigrams, mean |x_i| ≈ 2.45:
+    γ ≈ 29k · 5.96e-8 = 1.7e-3 relative, 4.2e-3 absolute; a float32 running sum is
+    observed ~3e-5 away, and the nearest named mistake (dropping the end token) moves
+    the value by > 5e-2. A test using this must check its named mistakes stay outside.
+    For small n the elementwise tolerance (`tolerance`) is the larger one; use the max.
+    """
+    m = max(int(n_terms) - 1, 0) + term_ulps
+    u = unit_roundoff(dtype)
+    if m * u >= 1:
+        return math.inf
+    return m * u / (1 - m * u) * float(abs_total)
+
+
 def describe(value: Any) -> str:
     """A short description of a value's kind, for "expected X, got Y" messages."""
     if isinstance(value, torch.Tensor):

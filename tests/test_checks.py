@@ -2,6 +2,8 @@
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -84,3 +86,37 @@ def test_expect_raises_accepts_subclasses_and_explains_the_rest():
     with pytest.raises(CheckFailure, match="but it returned normally"):
         with expect_raises("ValueError", what="f(-1)"):
             pass
+
+
+# ---- reduction_atol: float32 accumulated in any order stays inside ------------------------
+
+def _float32_running_sum(values) -> float:
+    total = np.float32(0.0)
+    for v in values:               # one rounding per addition, as a student's Python loop does
+        total = np.float32(total + np.float32(v))
+    return float(total)
+
+
+@pytest.mark.parametrize("order", ["given", "ascending", "descending"])
+def test_reduction_atol_covers_a_float32_running_mean_in_any_order(order):
+    """The makemore-style loop: 29k float32 log-probabilities added one by one, then averaged."""
+    from grader.checks import reduction_atol
+    rng = np.random.default_rng(0)
+    terms = -np.log(rng.uniform(0.01, 0.5, size=29_000)).astype(np.float32)
+    if order != "given":
+        terms = np.sort(terms)[::-1 if order == "descending" else 1]
+    exact = float(np.sum(terms.astype(np.float64))) / len(terms)
+    loop = _float32_running_sum(terms) / len(terms)
+    atol = reduction_atol(len(terms), float(np.abs(terms).mean()))
+    assert abs(loop - exact) <= atol
+    # ... and the same loop is outside the old fixed 1e-6 + 1e-5·|x| here or close to it,
+    # while a 1 % mistake (a dropped term in a hundred) is well outside the new bound.
+    assert 0.01 * exact > 5 * atol
+
+
+def test_reduction_atol_grows_with_terms_and_never_undercuts_one_term():
+    from grader.checks import reduction_atol, unit_roundoff
+    assert reduction_atol(1, 1.0) >= 4 * unit_roundoff()
+    assert reduction_atol(10_000, 1.0) > reduction_atol(100, 1.0)
+    assert reduction_atol(100, 1.0, dtype=torch.float64) < reduction_atol(100, 1.0) * 1e-8
+    assert reduction_atol(2 ** 25, 1.0) == math.inf
