@@ -50,6 +50,7 @@ class TestRecord:
     printed: str = ""
     internal_error: bool = False
     ran: bool = False
+    function: str = ""     # the test function's name ("test_ffn_gelu"): what corpus PART: lines match
 
     @property
     def score(self) -> float:
@@ -144,7 +145,8 @@ class GradingSession:
             visibility = item.get_closest_marker("visibility")
             self.records[item.nodeid] = TestRecord(
                 self.stage_of(item), self._name(item), points,
-                visibility.args[0] if visibility else "visible")
+                visibility.args[0] if visibility else "visible",
+                function=getattr(getattr(item, "function", None), "__name__", item.name))
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed:

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from grader.hints import hint_for
 from grader.worker.client import StudentException, WorkerFailure, WorkerSession
 from grader.worker.codec import Handle
 
@@ -64,11 +65,33 @@ class StudentCodeError(Exception):
         if name == "NotImplementedError":
             return f"{self.what} is not implemented yet (it raised NotImplementedError)"
         text = f"{self.what} raised {name}: {message}"
+        where = _innermost_student_line(trace)
+        if where:
+            text += f"\n  at {where}"
         if name == "TypeError" and not trace:
             text += "\n(check the function's name and signature against the handout)"
-        if "can't allocate memory" in message or name == "MemoryError":
+        if name == "MemoryError":
             text += "\n(the worker ran out of memory)"
-        return text + (f"\n{trace.rstrip()}" if trace else "")
+        hint = hint_for(name, message, trace, self.what)
+        if hint:
+            text += f"\nhint: {hint}"
+        if trace and trace.count("\n  File ") + trace.startswith("  File ") > 1:
+            text += f"\nTraceback (your files only):\n{trace.rstrip()}"
+        return text
+
+
+_FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<function>.+)\n(?:    (?P<code>.*))?',
+                    re.MULTILINE)
+
+
+def _innermost_student_line(trace: str) -> str | None:
+    """'tokenizer.py, line 42, in train_bpe: best = max(stats)' from a student traceback."""
+    frames = list(_FRAME.finditer(trace or ""))
+    if not frames:
+        return None
+    last = frames[-1]
+    code = (last["code"] or "").strip()
+    return f"{last['file']}, line {last['line']}, in {last['function']}" + (f": {code}" if code else "")
 
 
 class RemoteObject:

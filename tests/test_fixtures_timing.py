@@ -18,8 +18,10 @@ def nap(seconds):
     time.sleep(seconds)
 
 def spin(seconds):
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+    # Spin for `seconds` of CPU, not of wall clock: beside a busy core, a wall-clock
+    # spin gets only part of a CPU and the lower bound below would not hold.
+    end = time.process_time() + seconds
+    while time.process_time() < end:
         pass
 
 def lie_about_time(seconds):
@@ -62,9 +64,10 @@ def test_unknown_fixture_is_an_error(remote):
 
 
 def test_wall_time_is_measured_by_the_grader(remote):
-    assert 0.045 <= wall_time(remote.m.nap, 0.05, repeat=3, warmup=1) <= 0.5
+    # Upper bounds are loose: a loaded machine delays the wake-up, never shortens the nap.
+    assert 0.045 <= wall_time(remote.m.nap, 0.05, repeat=3, warmup=1) <= 2.0
     # Patching the clock inside the worker changes nothing the grader measures.
-    assert 0.045 <= wall_time(remote.m.lie_about_time, 0.05, repeat=3, warmup=1) <= 0.5
+    assert 0.045 <= wall_time(remote.m.lie_about_time, 0.05, repeat=3, warmup=1) <= 2.0
 
 
 def test_wall_time_of_a_local_function():
@@ -73,7 +76,7 @@ def test_wall_time_of_a_local_function():
 
 def test_cpu_time_counts_work_not_waiting(remote):
     """CPU time is what the kernel counted for the worker: spinning counts, sleeping does not."""
-    assert 0.03 <= cpu_time(remote.m.spin, 0.05, repeat=2, warmup=1) <= 0.2
+    assert 0.045 <= cpu_time(remote.m.spin, 0.05, repeat=2, warmup=1) <= 0.2
     assert cpu_time(remote.m.nap, 0.05, repeat=2, warmup=1) < 0.02
     assert run_time(remote.m.nap, 0.05, device="cpu", repeat=2, warmup=1) < 0.02   # CPU: CPU time
 
