@@ -35,3 +35,48 @@ def test_an_entry_whose_hidden_tests_crash_is_not_proved(monkeypatch, tmp_path):
     entry_file.write_text('"""BUG: anything"""\n')
     verdict = corpus.judge(corpus.Entry("x", "buggy", entry_file))
     assert not verdict.ok and "crashed" in verdict.detail
+
+
+def _fake_grade(failing: dict[str, str]):
+    """A grade() that runs three tests; `failing` maps a test function to its feedback."""
+    from grader.pytest_plugin import TestRecord
+
+    def grade(path, options):
+        tests = []
+        for function in ("test_ffn_gelu", "test_block_forward", "test_gpt_loss"):
+            record = TestRecord("x", f"x: {function}", 2.0, function=function)
+            if function in failing:
+                record.passed, record.feedback = False, [failing[function]]
+            if options.stop_when is not None and options.stop_when(record):
+                break
+            tests.append({"name": record.name, "score": record.score, "max_score": 2.0, "tags": ["x"],
+                          "status": "passed" if record.passed else "failed", "output": "\n".join(record.feedback)})
+        return {"score": sum(t["score"] for t in tests), "tests": tests}
+    return grade
+
+
+def test_a_bug_charged_outside_its_part_is_not_proved(monkeypatch, tmp_path):
+    """Error carried forward: PART names the tests that may charge a bug; any other failing test is a fault."""
+    entry_file = tmp_path / "gelu.py"
+    entry_file.write_text('"""BUG: tanh GELU\nEXPECT: GELU\nPART: test_ffn_*\n"""\n')
+    entry = corpus.Entry("x", "buggy", entry_file)
+    assert entry.part == ["test_ffn_*"]
+    monkeypatch.setattr(corpus, "grade", _fake_grade({"test_ffn_gelu": "uses the tanh GELU"}))
+    assert corpus.judge(entry).ok
+    monkeypatch.setattr(corpus, "grade", _fake_grade({"test_ffn_gelu": "uses the tanh GELU",
+                                                      "test_block_forward": "values differ (your GELU)"}))
+    verdict = corpus.judge(entry)
+    assert not verdict.ok and "outside its PART" in verdict.detail and "test_block_forward" in verdict.detail
+    assert verdict.failing == [("test_ffn_gelu", True), ("test_block_forward", True)]
+
+
+def test_report_counts_failing_tests_and_how_many_name_the_bug(monkeypatch, tmp_path, capsys):
+    buggy = tmp_path / "x" / "buggy"
+    buggy.mkdir(parents=True)
+    (buggy / "bug.py").write_text('"""BUG: b\nEXPECT: GELU\n"""\n')
+    monkeypatch.setattr(corpus, "grade", _fake_grade({"test_ffn_gelu": "tanh GELU",
+                                                      "test_gpt_loss": "values differ"}))
+    [verdict] = corpus.report(tmp_path)
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("x/buggy/bug"))
+    assert line.split()[1:] == ["4.0", "2", "1", "-"]          # lost, failed, named, outside
+    assert verdict.failing == [("test_ffn_gelu", True), ("test_gpt_loss", False)]
