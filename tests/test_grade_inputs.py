@@ -314,3 +314,14 @@ def test_notebook_error_in_the_feedback_quotes_nothing(make_submission):
     results = graded(make_submission({"bigram.ipynb": CANARY + "\n{ not json"}))
     assert results["score"] == 0 and CANARY not in all_messages(results)
     assert all("not valid JSON: line 1, column 1" in out for out in failures(results).values())
+
+
+def test_the_same_submission_gets_the_same_grade_on_every_run(make_submission):
+    """The contract's promise of fixed seeds: even a submission that draws from the global
+    RNG (a mistake) is graded the same way twice: same scores, same feedback."""
+    corpus_entry = project_root() / "tests" / "corpus" / "bigram" / "buggy" / "sample_global_rng.py"
+    folder = make_submission({"bigram.py": corpus_entry.read_text()})
+    first, second = graded(folder), graded(folder)
+    assert first["score"] < max_score(first)
+    assert [(t["name"], t["score"], t["output"]) for t in first["tests"]] == \
+        [(t["name"], t["score"], t["output"]) for t in second["tests"]]

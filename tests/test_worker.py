@@ -70,6 +70,15 @@ def where():
 def square_sum(x):
     return (x ** 2).sum()
 
+def lower_precision_then_read_it():
+    torch.backends.cuda.matmul.allow_tf32 = True        # as if set at import or by an earlier call
+    torch.set_float32_matmul_precision("medium")
+    return 0
+
+def precision():
+    return [torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32]
+
 class Model(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -120,6 +129,13 @@ def test_failures_cost_one_call_and_a_fresh_worker_serves_the_next(worker, name,
         worker(name, timeout=2.0)
     assert worker("add", 1) == 2
     assert worker.session.generation == generation + 1
+
+
+def test_every_call_runs_with_tf32_off_and_highest_precision(worker):
+    """The contract: TF32 off and "highest" float32 matmuls before each graded call."""
+    assert worker("precision") == ["highest", False, False]
+    worker("lower_precision_then_read_it")
+    assert worker("precision") == ["highest", False, False]
 
 
 def test_memory_hog_is_stopped(worker):
