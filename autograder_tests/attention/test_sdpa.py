@@ -1,124 +1,18 @@
 """Hidden tests of stage `attention`: causal_mask, scaled_dot_product_attention, banned APIs, speed.
 
 Expected values come from the reference in float64 in the grading process. Each
-known mistake is a variant of `attend` below, run on the same inputs, so the
+known mistake is a variant of `attend` (attention_checks.py), run on the same inputs, so the
 feedback can say "looks like the scores are not scaled by 1/sqrt(d)".
 MultiHeadAttention is tested in test_mha.py.
 """
 
-import math
-
 import pytest
 import torch
 
-from grader.checks import CheckFailure, expect_close, expect_equal, expect_raises, tensor_mismatch
+from attention_checks import WRONG_DIM, attend, check_attention, output_and_weights, qkv, randn, sdpa_note, sum_atol, variants
+from grader.checks import CheckFailure, expect_close, expect_equal, expect_raises, tensor_mismatch, tolerance
 from grader.remote import StudentCodeError, backward
 from grader.timing import run_time
-
-
-def randn(*shape, seed: int, device: str, dtype=torch.float32, scale: float = 1.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).to(device=device, dtype=dtype)
-
-
-def qkv(shape_q, shape_k, dv, seed, device, dtype=torch.float32, scale=1.5):
-    """q (shape_q), k (shape_k), v (shape_k[:-1] + (dv,)); scale 1.5 makes the softmax peaked enough
-    that a wrong scale or dimension shows clearly."""
-    q = randn(*shape_q, seed=seed, device=device, dtype=dtype, scale=scale)
-    k = randn(*shape_k, seed=seed + 1, device=device, dtype=dtype, scale=scale)
-    v = randn(*shape_k[:-1], dv, seed=seed + 2, device=device, dtype=dtype)
-    return q, k, v
-
-
-# ---- attention and its known mistakes, in float64 on the CPU -----------------------------
-
-def attend(q, k, v, mask=None, is_causal=False, *, scale=None, dim=-1, diagonal=0, fill=None,
-           invert=False):
-    """(output, weights) in float64 on the CPU; the keyword arguments make the known mistakes."""
-    q, k, v = (t.cpu().double() for t in (q, k, v))
-    d, Tq, Tk = q.shape[-1], q.shape[-2], k.shape[-2]
-    scores = (q @ k.transpose(-2, -1)) * (1 / math.sqrt(d) if scale is None else scale)
-    allowed = torch.ones(Tq, Tk, dtype=torch.bool)
-    if mask is not None:
-        allowed = allowed & (~mask.cpu() if invert else mask.cpu())
-    if is_causal:
-        allowed = allowed & torch.ones(Tq, Tk, dtype=torch.bool).tril(diagonal)
-    allowed = allowed.expand_as(scores)
-    scores = scores.masked_fill(~allowed, -math.inf if fill is None else fill)
-    top = scores.amax(dim, keepdim=True)
-    exps = (scores - torch.where(torch.isfinite(top), top, torch.zeros_like(top))).exp()
-    totals = exps.sum(dim, keepdim=True)
-    weights = exps / torch.where(totals > 0, totals, torch.ones_like(totals))
-    return weights @ v, weights
-
-
-def variants(q, k, v, mask=None, is_causal=False) -> dict:
-    """What each known mistake would return: {description: (output, weights)} (float64, CPU)."""
-    d, dv = q.shape[-1], v.shape[-1]
-    found = {
-        "the scores are not scaled by 1/sqrt(d)": dict(scale=1.0),
-        "the scores are scaled by 1/d instead of 1/sqrt(d)": dict(scale=1 / d),
-        "the softmax is taken over the wrong dimension (over the queries, dim=-2); "
-        "each query's weights over the KEYS (the last dim) must sum to 1": dict(dim=-2),
-    }
-    if dv != d:
-        found["the scores are scaled by 1/sqrt(dv), the VALUE dimension; d is the query/key dimension"] = \
-            dict(scale=1 / math.sqrt(dv))
-    if is_causal:
-        found["the causal mask is off by one: it also masks the diagonal (query i must see keys j <= i, "
-              "itself included: tril, not triu(diagonal=0))"] = dict(is_causal=True, diagonal=-1)
-        found["the causal mask is the wrong way round (query i must see keys j <= i, the past, "
-              "not j >= i)"] = "transposed"
-        if mask is not None:
-            found["is_causal is ignored when a mask is given (both must allow a key)"] = dict(is_causal=False)
-            found["the mask is ignored when is_causal is set (both must allow a key)"] = dict(mask=None)
-    if mask is not None:
-        found["the mask is inverted: True means the query MAY attend that key"] = dict(invert=True)
-        found["a row with no allowed key gets uniform weights: masked scores were filled with a large "
-              "finite negative number instead of -inf; a row with no allowed key must give zero weights "
-              "and a zero output"] = dict(fill=-1e9)
-    out = {}
-    for description, change in found.items():
-        if change == "transposed":
-            T = q.shape[-2]
-            full = torch.ones(T, T, dtype=torch.bool).triu()
-            both = full if mask is None else full & mask.cpu()
-            out[description] = attend(q, k, v, both)
-        else:
-            args = dict(mask=mask, is_causal=is_causal) | change
-            out[description] = attend(q, k, v, args.pop("mask"), args.pop("is_causal"), **args)
-    return out
-
-
-def check_attention(result, q, k, v, mask=None, is_causal=False, *, what: str, atol=None, rtol=None):
-    """Compare the student's (output, weights) with the reference, naming a known mistake."""
-    if not isinstance(result, (tuple, list)) or len(result) != 2:
-        raise CheckFailure(f"{what}: must return a tuple (output, weights), got "
-                           f"{type(result).__name__}" + (f" of {len(result)} items" if
-                                                         isinstance(result, (tuple, list)) else ""))
-    out, weights = result
-    expected_out, expected_w = attend(q, k, v, mask, is_causal)
-    cast = dict(dtype=q.dtype, device=q.device)
-    known = variants(q, k, v, mask, is_causal)
-    tol = dict(atol=atol, rtol=rtol)
-    for name, got, want, index in (("weights", weights, expected_w, 1), ("output", out, expected_out, 0)):
-        label = f"{what} {name}"
-        if isinstance(got, torch.Tensor) and torch.isnan(got).any() and not torch.isnan(want).any():
-            explain_nan(got, want.to(**cast), known, index, label, tol)
-        expect_close(got, want.to(**cast), what=label, **tol,
-                     mistakes={d: pair[index].to(**cast) for d, pair in known.items()})
-
-
-def explain_nan(got, want, known, index, label, tol):
-    """NaN where a number is expected: usually a row with no allowed key (softmax of only -inf)."""
-    zeroed = torch.nan_to_num(got.detach(), nan=0.0)
-    if tensor_mismatch(zeroed, want, **tol) is None:
-        raise CheckFailure(f"{label}: NaN in a row with no allowed key. The softmax of a row of only -inf "
-                           "scores is 0/0; such a row must have all-zero weights and a zero output")
-    for description, pair in known.items():
-        if tensor_mismatch(zeroed, pair[index].to(dtype=want.dtype, device=want.device), **tol) is None:
-            raise CheckFailure(f"{label}: looks like {description}\n(and a row with no allowed key gives "
-                               "NaN: it must have all-zero weights and a zero output)")
 
 
 # ---- causal_mask ----------------------------------------------------------------------
@@ -137,6 +31,15 @@ def test_causal_mask(student, device, T):
                      "True and False are swapped: True means 'may attend' (j <= i)":
                          torch.ones(T, T, dtype=torch.bool, device=device).triu(1),
                  })
+
+
+def test_causal_mask_device_forms(student, device):
+    """causal_mask(T) without a device is on the CPU; device= takes a string or a torch.device"""
+    expected = torch.ones(5, 5, dtype=torch.bool).tril()
+    expect_equal(student.attention.causal_mask(5), expected, what="causal_mask(5) (device omitted: None, the CPU)")
+    expect_equal(student.attention.causal_mask(5, device=None), expected, what="causal_mask(5, device=None)")
+    expect_equal(student.attention.causal_mask(5, torch.device(device)), expected.to(device),
+                 what=f"causal_mask(5, torch.device({device!r}))")
 
 
 # ---- scaled_dot_product_attention: values -----------------------------------------------
@@ -168,6 +71,13 @@ def test_sdpa_default_not_causal(student, device):
                     what="scaled_dot_product_attention(q, k, v) with no mask")
 
 
+def test_sdpa_explicit_defaults(student, device):
+    """scaled_dot_product_attention(q, k, v, mask=None, is_causal=False) attends every key"""
+    q, k, v = qkv((2, 4, 8), (2, 4, 8), 8, seed=24, device=device)
+    check_attention(student.attention.scaled_dot_product_attention(q, k, v, mask=None, is_causal=False), q, k, v,
+                    what="scaled_dot_product_attention(q, k, v, mask=None, is_causal=False)")
+
+
 MASKS = {
     "a (Tq, Tk) mask with Tq=3 != Tk=6": ((2, 3, 8), (2, 6, 8), lambda g: torch.rand(3, 6, generator=g) > 0.4),
     "a (B, 1, 1, Tk) padding mask": ((2, 2, 5, 4), (2, 2, 5, 4),
@@ -186,15 +96,18 @@ def test_sdpa_mask(student, device, case):
     mask = make(torch.Generator().manual_seed(5))
     mask[..., 0] = True  # every row keeps a key here; rows with none are tested below
     mask = mask.to(device)
-    check_attention(student.attention.scaled_dot_product_attention(q, k, v, mask=mask), q, k, v, mask,
-                    what=f"scaled_dot_product_attention with {case} {tuple(mask.shape)}")
+    # is_causal=False passed: the default is test_sdpa_default_not_causal's to charge.
+    check_attention(student.attention.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=False),
+                    q, k, v, mask, what=f"scaled_dot_product_attention with {case} {tuple(mask.shape)}")
 
 
 @pytest.mark.points(2)
 def test_sdpa_mask_and_causal(student, device):
     """scaled_dot_product_attention with a padding mask AND is_causal: a key must be allowed by both"""
     q, k, v = qkv((2, 2, 5, 4), (2, 2, 5, 4), 4, seed=13, device=device)
-    mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 0, 1]], dtype=torch.bool).view(2, 1, 1, 5)
+    # Every query keeps key 0 (no row is fully masked: that rule is test_sdpa_all_masked_rows's),
+    # and each batch masks a key some queries could otherwise see, so "mask ignored" shows.
+    mask = torch.tensor([[1, 0, 1, 1, 1], [1, 1, 1, 0, 1]], dtype=torch.bool).view(2, 1, 1, 5)
     mask = mask.to(device)
     check_attention(student.attention.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=True),
                     q, k, v, mask, True, what="scaled_dot_product_attention(q, k, v, padding mask, is_causal=True)")
@@ -206,8 +119,8 @@ def test_sdpa_all_masked_rows(student, device):
     q, k, v = qkv((2, 4, 6), (2, 5, 6), 3, seed=14, device=device)
     mask = torch.tensor([[1, 0, 1, 0, 0], [0, 0, 0, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 1]], dtype=torch.bool)
     mask = mask.to(device)
-    check_attention(student.attention.scaled_dot_product_attention(q, k, v, mask=mask), q, k, v, mask,
-                    what="scaled_dot_product_attention with a mask whose row 1 allows no key")
+    check_attention(student.attention.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=False),
+                    q, k, v, mask, what="scaled_dot_product_attention with a mask whose row 1 allows no key")
 
 
 @pytest.mark.points(2)
@@ -215,10 +128,13 @@ def test_sdpa_exact_zeros_and_sums(student, device):
     """masked weights are exactly 0 and every row with an allowed key sums to 1"""
     # Scores of a few units: a mask filled with a modest negative number (say -20) leaves tiny weights.
     q, k, v = qkv((3, 6, 4), (3, 6, 4), 4, seed=15, device=device, scale=0.3)
+    # A causal-looking mask passed as `mask` (is_causal itself is tested elsewhere), and the diagonal
+    # always allowed: no row is fully masked (that rule is test_sdpa_all_masked_rows's).
     mask = (torch.rand(3, 6, 6, generator=torch.Generator().manual_seed(6)) > 0.5) | torch.eye(6, dtype=torch.bool)
-    mask = mask.to(device)
-    out, weights = student.attention.scaled_dot_product_attention(q, k, v, mask=mask, is_causal=True)
-    allowed = mask & torch.ones(6, 6, dtype=torch.bool, device=device).tril()
+    allowed = (mask & torch.ones(6, 6, dtype=torch.bool).tril()).to(device)
+    out, weights = output_and_weights(student.attention.scaled_dot_product_attention(q, k, v, mask=allowed,
+                                                                                     is_causal=False),
+                                      "scaled_dot_product_attention(q, k, v, mask)")
     if not isinstance(weights, torch.Tensor) or weights.shape != allowed.shape:
         raise CheckFailure(f"the weights must be a tensor of shape {tuple(allowed.shape)}, got "
                            f"{getattr(weights, 'shape', type(weights).__name__)}")
@@ -230,8 +146,11 @@ def test_sdpa_exact_zeros_and_sums(student, device):
             "scores with -inf (exp(-inf) is exactly 0), not with a finite negative number, and do not "
             "add the mask after the softmax")
     sums = weights.detach().cpu().double().sum(-1)
+    # A sum of at most 6 weights: reduction_atol(6, 1) = 6e-7, under the 1e-5 used here.
     expect_close(sums, torch.ones_like(sums), atol=1e-5, rtol=0, check_dtype=False,
-                 what="the sum of each row of weights (over the keys, the last dim)")
+                 what="the sum of each row of weights (over the keys, the last dim)",
+                 mistakes={description: (lambda dim=dim: attend(q, k, v, allowed, dim=dim)[1].sum(-1))
+                           for description, dim in [(WRONG_DIM, -2)]})
 
 
 @pytest.mark.points(2)
@@ -241,10 +160,13 @@ def test_sdpa_is_causal_is_causal(student, device):
     k2, v2 = k.clone(), v.clone()
     k2[..., 5:, :] += 3.0
     v2[..., 5:, :] -= 2.0
-    first, _ = student.attention.scaled_dot_product_attention(q, k, v, is_causal=True)
-    second, _ = student.attention.scaled_dot_product_attention(q, k2, v2, is_causal=True)
+    what = "scaled_dot_product_attention(q, k, v, is_causal=True)"
+    first, _ = output_and_weights(student.attention.scaled_dot_product_attention(q, k, v, is_causal=True), what)
+    second, _ = output_and_weights(student.attention.scaled_dot_product_attention(q, k2, v2, is_causal=True), what)
     changed = (first[..., :5, :] - second[..., :5, :]).abs().amax(dim=(0, 1, 3))
-    if (changed > 0).any():
+    # A change within the tolerance is masked weights that are tiny but not exactly 0 (a finite
+    # fill such as -20 moves these outputs by ~5e-8): test_sdpa_exact_zeros_and_sums charges that.
+    if (changed > tolerance(first.dtype, device)[0]).any():
         t = int(changed.argmax())
         raise CheckFailure(f"the output at position {t} changed by {changed[t].item():.3g} when only keys and "
                            "values at positions 5..7 changed: a query sees the future. With is_causal, "
@@ -266,12 +188,29 @@ def test_sdpa_gradients(student, device):
     expected_out.backward(grad_out.cpu().double())
     if len(got.input_grads) != 3:
         raise CheckFailure(f"expected gradients for q, k and v, got {len(got.input_grads)}")
-    for name, grad, leaf in zip("qkv", got.input_grads, leaves):
+    wanted, note = [leaf.grad for leaf in leaves], ""
+    value = got.value[0] if isinstance(got.value, (tuple, list)) and got.value else None
+    if tensor_mismatch(value, expected_out.detach().to(dtype=torch.float32, device=device)) is not None:
+        wanted, note = variant_grads(value, q, k, v, mask, grad_out) or (wanted, note)
+    for name, grad, want in zip("qkv", got.input_grads, wanted):
         if grad is None:
             raise CheckFailure(f"no gradient reaches {name}: the output must be computed from it with torch "
                                "operations (no .detach(), .item() or .numpy() on the way)")
-        expect_close(grad, leaf.grad.to(dtype=torch.float32, device=device),
-                     what=f"the gradient of the output with respect to {name}")
+        expect_close(grad, want.to(dtype=torch.float32, device=device),
+                     what=f"the gradient of the output with respect to {name}{note}")
+
+
+def variant_grads(value, q, k, v, mask, grad_out):
+    """When the student's output is a known mistake's (charged by the value tests), that mistake's
+    gradients of q, k and v and a note saying so; else None (error carried forward)."""
+    leaves = [t.detach().cpu().double().requires_grad_(True) for t in (q, k, v)]
+    for description, (out, _) in variants(*leaves, mask.cpu(), True).items():
+        if tensor_mismatch(value, out.detach().to(dtype=torch.float32, device=q.device)) is None:
+            grads = torch.autograd.grad(out, leaves, grad_out.cpu().double(), allow_unused=True)
+            return ([torch.zeros_like(leaf) if g is None else g for g, leaf in zip(grads, leaves)],
+                    f" (compared with the gradients of your forward, in which {description}: "
+                    "that is charged by the value tests)")
+    return None
 
 
 def test_sdpa_is_causal_needs_square(student, device):
@@ -283,9 +222,11 @@ def test_sdpa_is_causal_needs_square(student, device):
 
 def test_sdpa_float64(student, device):
     """float64 inputs give float64 results"""
+    # No mask: float64's tight tolerance would otherwise charge masked weights that are tiny but not
+    # exactly 0 again (test_sdpa_exact_zeros_and_sums owns that rule).
     q, k, v = qkv((2, 5, 4), (2, 5, 4), 4, seed=20, device=device, dtype=torch.float64)
-    check_attention(student.attention.scaled_dot_product_attention(q, k, v, is_causal=True), q, k, v,
-                    is_causal=True, what="scaled_dot_product_attention(float64 q, k, v, is_causal=True)")
+    check_attention(student.attention.scaled_dot_product_attention(q, k, v, is_causal=False), q, k, v,
+                    what="scaled_dot_product_attention(float64 q, k, v)")
 
 
 def test_sdpa_bfloat16(student, device):
@@ -320,7 +261,12 @@ def test_sdpa_speed(student, reference, device):
     if not isinstance(got, (tuple, list)) or len(got) != 2:
         raise CheckFailure("scaled_dot_product_attention must return (output, weights)")
     expected = reference.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
-    expect_close(got[0], expected[0].float(), what=f"the output on {shape} inputs")
+    atol = sum_atol(v, shape[-2], 0)   # 128 (CPU) or 256 (CUDA) keys: ~3e-5 / 7e-5
+    if tensor_mismatch(got[0], expected[0].float(), atol=atol) is not None and \
+            sdpa_note(student, device, True) is None:
+        # Wrong here though right on the value tests' small inputs: charged here. A mistake the
+        # value tests already charge (sdpa_note) is not charged again: only the time counts then.
+        expect_close(got[0], expected[0].float(), what=f"the output on {shape} inputs", atol=atol)
     # Timings on a busy machine only ever come out too long: take the best of several rounds,
     # the two timed in turns, and stop as soon as the best times are within the limit.
     theirs, ours = [], []
@@ -356,9 +302,10 @@ def test_no_banned_apis(student, submission_dir, reference):
             expect_no_banned_apis(submission_dir, "attention", reference.BANNED_APIS)
             raise CheckFailure(str(exc)) from None
         got = None
-    expected = attend(q, k, v)[0].float()
-    if not isinstance(got, (tuple, list)) or not isinstance(got[0], torch.Tensor) \
-            or tensor_mismatch(got[0], expected) is not None:
+    # Only that it runs and returns (output, weights) of the right shape: its values are the
+    # other tests' business, so a wrong one is not charged again here.
+    if not isinstance(got, (tuple, list)) or len(got) != 2 or not isinstance(got[0], torch.Tensor) \
+            or tuple(got[0].shape) != (3, 4):
         raise CheckFailure("scaled_dot_product_attention does not work yet, so there is no code to check "
                            "for banned APIs")
     expect_no_banned_apis(submission_dir, "attention", reference.BANNED_APIS)

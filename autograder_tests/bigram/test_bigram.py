@@ -1,7 +1,9 @@
 """Hidden tests of stage `bigram` (see the contract and handout 02-bigram.md).
 
-Each known mistake is written next to the test that recognises it, as a small
-function producing what the buggy code would return for the same inputs.
+The known mistakes, as small functions producing what the buggy code would
+return for the same inputs, are in bigram_checks.py. Each part is tested with the
+reference's output of the parts before it (counts for bigram_probs, probs for nll
+and sample), so a mistake is charged only where it lives.
 """
 
 import math
@@ -10,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from grader.checks import expect_close, expect_equal, expect_raises, expect_scalar, CheckFailure
+from bigram_checks import (counts_mistakes, expect_nll, expect_runs_to, expect_words,  # this folder's helpers
+                           generator, probs_mistakes, vocab_mistakes)
+from grader.checks import CheckFailure, describe, expect_close, expect_equal, expect_raises, expect_scalar
 from grader.stages import project_root
 
 HAND_WORDS = ["ab", "abb", "b"]
@@ -31,69 +35,8 @@ def heldout() -> list[str]:
     return read_names(HERE / "data" / "names_heldout.txt")
 
 
-def generator(device: str, seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-# ---- known mistakes, as what they would produce ------------------------------
-
-def pairs(words, stoi, start=True, end=True):
-    for w in words:
-        ids = [stoi[c] for c in ("." if start else "") + w + ("." if end else "")]
-        yield from zip(ids, ids[1:])
-
-
-def counts_from(pair_list, V):
-    N = torch.zeros((V, V), dtype=torch.int64)
-    for i, j in pair_list:
-        N[i, j] += 1
-    return N
-
-
-def counts_mistakes(words, stoi):
-    V = len(stoi)
-    joined = "".join(words)
-    return {
-        "the end-of-word token is never counted (pairs of word + '.' are missing)":
-            lambda: counts_from(pairs(words, stoi, end=False), V),
-        "the start-of-word token is never counted (pairs of '.' + word are missing)":
-            lambda: counts_from(pairs(words, stoi, start=False), V),
-        "the table is transposed: N[i, j] should count j following i":
-            lambda: counts_from(pairs(words, stoi), V).T.contiguous(),
-        "the words are joined without a boundary between them":
-            lambda: counts_from(pairs([joined], stoi), V),
-    }
-
-
-def probs_mistakes(counts, smoothing):
-    c = counts.double().cpu()
-    V = c.shape[0]
-    col = (c + smoothing) / (c + smoothing).sum(0, keepdim=True)
-    late = c / c.sum(1, keepdim=True).clamp_min(1) + smoothing
-    return {
-        "columns are normalised instead of rows (each ROW must sum to 1)": col.float().to(counts.device),
-        "smoothing is added after normalising instead of to the counts":
-            (late / late.sum(1, keepdim=True)).float().to(counts.device),
-        "the smoothing argument is ignored":
-            torch.where(c.sum(1, keepdim=True) > 0, c / c.sum(1, keepdim=True).clamp_min(1),
-                        torch.full_like(c, 1 / V)).float().to(counts.device),
-    }
-
-
-def nll_mistakes(probs, words, stoi):
-    logp = lambda ps: torch.log(probs.double().cpu()[tuple(torch.tensor(list(ps)).T)])  # noqa: E731
-    every, no_end = logp(pairs(words, stoi)), logp(pairs(words, stoi, end=False))
-    return {
-        "the log is base 10; use the natural log (torch.log)": lambda: -every.mean().item() / math.log(10),
-        "the log is base 2; use the natural log (torch.log)": lambda: -every.mean().item() / math.log(2),
-        "the NLL is summed, not averaged over bigrams": lambda: -every.sum().item(),
-        "the result is the log-likelihood, not its negative": lambda: every.mean().item(),
-        "the average is taken over words instead of over bigrams": lambda: -every.sum().item() / len(words),
-        "the end-of-word bigrams are left out": lambda: -no_end.mean().item(),
-    }
-
-
 # ---- build_vocab --------------------------------------------------------------
+
 
 @pytest.mark.points(2)
 def test_vocab_hand(student, reference):
@@ -101,12 +44,8 @@ def test_vocab_hand(student, reference):
     words = ["emma", "ava"]
     stoi, itos = student.bigram.build_vocab(words)
     expected_stoi, expected_itos = reference.build_vocab(words)
-    insertion = {".": 0} | {c: i for i, c in enumerate(dict.fromkeys("".join(words)), start=1)}
-    expect_equal(stoi, expected_stoi, what="build_vocab(['emma', 'ava']) stoi", mistakes={
-        "the characters are not in sorted order": insertion,
-        "'.' is not given index 0 (the letters must start at 1)":
-            {c: i for i, c in enumerate(sorted(set("".join(words))))} | {".": len(set("".join(words)))},
-    })
+    expect_equal(stoi, expected_stoi, what="build_vocab(['emma', 'ava']) stoi", mistakes=vocab_mistakes(words))
+    expect_equal(student.bigram.BOUNDARY, ".", what="BOUNDARY (the constant, given in the skeleton)")
     expect_equal(itos, expected_itos, what="build_vocab(['emma', 'ava']) itos (the inverse of stoi)")
 
 
@@ -114,7 +53,7 @@ def test_vocab_names(student, reference, names):
     """build_vocab on the names dataset: 27 entries, stoi and itos inverse"""
     stoi, itos = student.bigram.build_vocab(names)
     expected_stoi, expected_itos = reference.build_vocab(names)
-    expect_equal(stoi, expected_stoi, what="build_vocab(names) stoi")
+    expect_equal(stoi, expected_stoi, what="build_vocab(names) stoi", mistakes=vocab_mistakes(names))
     expect_equal(itos, expected_itos, what="build_vocab(names) itos")
 
 
@@ -149,7 +88,7 @@ def test_counts_no_words(student, reference):
     """bigram_counts of no words is an all-zero (V, V) int64 table"""
     stoi = {".": 0, "x": 1, "y": 2, "z": 3}
     expect_close(student.bigram.bigram_counts([], stoi), reference.bigram_counts([], stoi),
-                 what="bigram_counts([], stoi)")
+                 what="bigram_counts([], stoi)", mistakes=counts_mistakes([], stoi))
 
 
 @pytest.mark.points(2)
@@ -182,22 +121,29 @@ def test_probs_zero_row(student, reference, device):
     zero_row = torch.where(counts.sum(1, keepdim=True) > 0, expected, torch.zeros_like(expected))
     expect_close(student.bigram.bigram_probs(counts, 0.0), expected,
                  what="bigram_probs(counts, smoothing=0) where row 'c' has no counts",
-                 mistakes={"a row with no counts is left as zeros; it must be uniform (1 / V each)": zero_row})
+                 mistakes={"a row with no counts is left as zeros; it must be uniform (1 / V each)": zero_row}
+                 | probs_mistakes(counts, 0.0))
 
 
 def test_probs_names(student, reference, names, device):
     """bigram_probs of the names counts: float32 on the counts' device, rows sum to 1"""
     stoi, _ = reference.build_vocab(names)
     counts = reference.bigram_counts(names, stoi).to(device)
-    expect_close(student.bigram.bigram_probs(counts), reference.bigram_probs(counts),
-                 what="bigram_probs(names_counts)", mistakes=probs_mistakes(counts, 1.0))
+    # Each row is normalised by a sum of V = 27 float32 terms (exact here: integer counts + 1 stay
+    # below 2**24), so the elementwise float32 tolerance covers every summation order.
+    expect_close(student.bigram.bigram_probs(counts, 1.0), reference.bigram_probs(counts, 1.0),
+                 what="bigram_probs(names_counts, 1.0)", mistakes=probs_mistakes(counts, 1.0))
 
 
 def test_probs_default_smoothing(student, reference, device):
-    """bigram_probs uses smoothing 1 by default"""
+    """bigram_probs uses smoothing 1 by default (omitted, and passed as smoothing=1.0)"""
     stoi, _ = reference.build_vocab(HAND_WORDS)
     counts = reference.bigram_counts(HAND_WORDS, stoi).to(device)
-    expect_close(student.bigram.bigram_probs(counts), reference.bigram_probs(counts, 1.0),
+    expected = reference.bigram_probs(counts, 1.0)
+    expect_close(student.bigram.bigram_probs(counts, smoothing=1.0), expected,
+                 what="bigram_probs(counts, smoothing=1.0)", mistakes=probs_mistakes(counts, 1.0))
+    # Smoothing 1 passed explicitly works: a smoothing-0 table now means the default is not 1.
+    expect_close(student.bigram.bigram_probs(counts), expected,
                  what="bigram_probs(counts) with the default smoothing",
                  mistakes={"the default smoothing is not 1": reference.bigram_probs(counts, 0.0)})
 
@@ -209,9 +155,8 @@ def test_nll_hand(student, reference, device):
     """nll of the handout's words under their own smoothed model"""
     stoi, _ = reference.build_vocab(HAND_WORDS)
     probs = reference.bigram_probs(reference.bigram_counts(HAND_WORDS, stoi), 1.0).to(device)
-    expect_scalar(student.bigram.nll(probs, HAND_WORDS, stoi), reference.nll(probs, HAND_WORDS, stoi),
-                  what="nll(probs, ['ab', 'abb', 'b'], stoi)",
-                  mistakes=nll_mistakes(probs, HAND_WORDS, stoi))
+    expect_nll(student.bigram.nll(probs, HAND_WORDS, stoi), reference.nll(probs, HAND_WORDS, stoi),
+               probs, HAND_WORDS, stoi, what="nll(probs, ['ab', 'abb', 'b'], stoi)")
 
 
 @pytest.mark.points(3)
@@ -219,9 +164,18 @@ def test_nll_heldout(student, reference, names, heldout, device):
     """nll of held-out names under the model counted from the training names"""
     stoi, _ = reference.build_vocab(names)
     probs = reference.bigram_probs(reference.bigram_counts(names, stoi), 1.0).to(device)
-    expect_scalar(student.bigram.nll(probs, heldout, stoi), reference.nll(probs, heldout, stoi),
-                  what="nll(probs, heldout_names, stoi)",
-                  mistakes=nll_mistakes(probs, heldout, stoi))
+    expect_nll(student.bigram.nll(probs, heldout, stoi), reference.nll(probs, heldout, stoi),
+               probs, heldout, stoi, what="nll(probs, heldout_names, stoi)")
+
+
+def test_nll_returns_float(student, reference, device):
+    """nll returns a Python float (not a tensor)"""
+    stoi, _ = reference.build_vocab(HAND_WORDS)
+    probs = reference.bigram_probs(reference.bigram_counts(HAND_WORDS, stoi), 1.0).to(device)
+    value = student.bigram.nll(probs, HAND_WORDS, stoi)
+    if not isinstance(value, float):
+        raise CheckFailure(f"nll(probs, ['ab', 'abb', 'b'], stoi) should return a float, got {describe(value)}"
+                           + (" (call .item() on the tensor)" if isinstance(value, torch.Tensor) else ""))
 
 
 def test_nll_unseen_is_infinite(student, reference, device):
@@ -229,7 +183,11 @@ def test_nll_unseen_is_infinite(student, reference, device):
     stoi, _ = reference.build_vocab(HAND_WORDS)
     probs = reference.bigram_probs(reference.bigram_counts(HAND_WORDS, stoi), 0.0).to(device)
     value = student.bigram.nll(probs, ["ba"], stoi)
-    expect_scalar(value, math.inf, what="nll(probs without smoothing, ['ba'], stoi)")
+    if value == -math.inf:  # infinite; the sign is charged by the nll value tests (not negated)
+        return
+    expect_scalar(value, math.inf, what="nll(probs without smoothing, ['ba'], stoi)", mistakes={
+        "an epsilon was added to the probabilities or they were clamped; log(0) must give inf": lambda: (
+            value if isinstance(value, float) and math.isfinite(value) and value > 5 else None)})
 
 
 # ---- sample -------------------------------------------------------------------
@@ -239,9 +197,10 @@ def test_sample_hand_exact(student, reference, device):
     """sample draws exactly the contract's sequence from a seeded generator"""
     stoi, itos = reference.build_vocab(HAND_WORDS)
     probs = reference.bigram_probs(reference.bigram_counts(HAND_WORDS, stoi), 1.0).to(device)
-    got = student.bigram.sample(probs, itos, 12, generator(device, 42))
-    expected = reference.sample(probs, itos, 12, generator(device, 42))
-    expect_equal(got, expected, what="sample(probs, itos, 12, generator seeded 42)", mistakes={
+    # max_len is passed (its default is test_sample_default_max_len's): these words can run long.
+    call = lambda: student.bigram.sample(probs, itos, 12, generator(device, 42), 50)  # noqa: E731
+    expected = reference.sample(probs, itos, 12, generator(device, 42), 50)
+    expect_words(call(), expected, what="sample(probs, itos, 12, generator seeded 42, 50)", draw=call, mistakes={
         "each word still contains the boundary token '.'": [w + "." for w in expected],
     })
 
@@ -253,8 +212,11 @@ def test_sample_names_exact(student, reference, names, device):
     probs = reference.bigram_probs(reference.bigram_counts(names, stoi), 1.0).to(device)
     gen, ref_gen = generator(device, 2024), generator(device, 2024)
     for call in ("first", "second"):
-        expect_equal(student.bigram.sample(probs, itos, 20, gen), reference.sample(probs, itos, 20, ref_gen),
-                     what=f"the {call} call of sample(probs, itos, 20, generator) with one generator")
+        expected = reference.sample(probs, itos, 20, ref_gen, 50)
+        expect_words(student.bigram.sample(probs, itos, 20, gen, 50), expected,
+                     what=f"the {call} call of sample(probs, itos, 20, generator, 50) with one generator",
+                     draw=lambda: student.bigram.sample(probs, itos, 20, generator(device, 5), 50),
+                     mistakes={"each word still contains the boundary token '.'": [w + "." for w in expected]})
 
 
 def test_sample_uses_generator(student, reference, names, device):
@@ -269,20 +231,39 @@ def test_sample_uses_generator(student, reference, names, device):
                            "it uses the global random generator instead of `generator`")
 
 
+def never_ending(device):
+    """A model that never ends a word (P('.') = 0 everywhere): every word runs to max_len."""
+    probs = torch.tensor([[0.0, 0.5, 0.5], [0.0, 0.5, 0.5], [0.0, 0.5, 0.5]], device=device)
+    return probs, {0: ".", 1: "a", 2: "b"}
+
+
+# The max_len tests check lengths and characters only, never the draws, so a sample that draws
+# differently (charged by the exact and generator tests) is not charged again here.
+
 @pytest.mark.points(2)
 @pytest.mark.parametrize("max_len", [1, 5])
-def test_sample_max_len(student, reference, device, max_len):
+def test_sample_max_len(student, device, max_len):
     """sample stops a word at max_len={max_len} characters"""
-    # A model that never ends a word: every word runs to max_len.
-    probs = torch.tensor([[0.0, 0.5, 0.5], [0.0, 0.5, 0.5], [0.0, 0.5, 0.5]], device=device)
-    itos = {0: ".", 1: "a", 2: "b"}
-    got = student.bigram.sample(probs, itos, 4, generator(device, 3), max_len)
-    expected = reference.sample(probs, itos, 4, generator(device, 3), max_len)
-    expect_equal(got, expected, what=f"sample(never-ending probs, itos, 4, generator, max_len={max_len})")
+    probs, itos = never_ending(device)
+    expect_runs_to(student.bigram.sample(probs, itos, 4, generator(device, 3), max_len), n=4, length=max_len,
+                   alphabet="ab", what=f"sample(never-ending probs, itos, 4, generator, max_len={max_len})")
+
+
+def test_sample_default_max_len(student, device):
+    """sample stops a word at 50 characters by default (max_len omitted, and passed as max_len=50)"""
+    probs, itos = never_ending(device)
+    explicit = student.bigram.sample(probs, itos, 3, generator(device, 4), max_len=50)
+    expect_runs_to(explicit, n=3, length=len(explicit[0]) if explicit and isinstance(explicit[0], str) else 50,
+                   alphabet="ab", what="sample(never-ending probs, itos, 3, generator, max_len=50)")
+    # The lengths max_len gives are test_sample_max_len's: the default must give what max_len=50 gives.
+    expect_runs_to(student.bigram.sample(probs, itos, 3, generator(device, 4)), n=3, length=len(explicit[0]),
+                   alphabet="ab", what="sample(never-ending probs, itos, 3, generator) with the default max_len "
+                                       "(expected as long as with max_len=50)")
 
 
 def test_sample_rejects_bad_max_len(student):
     """sample raises ValueError for max_len < 1"""
     probs = torch.full((3, 3), 1 / 3)
-    with expect_raises("ValueError", what="sample(probs, itos, 1, generator, max_len=0)"):
-        student.bigram.sample(probs, {0: ".", 1: "a", 2: "b"}, 1, torch.Generator().manual_seed(0), 0)
+    for max_len in (0, -1):
+        with expect_raises("ValueError", what=f"sample(probs, itos, 1, generator, max_len={max_len})"):
+            student.bigram.sample(probs, {0: ".", 1: "a", 2: "b"}, 1, torch.Generator().manual_seed(0), max_len)

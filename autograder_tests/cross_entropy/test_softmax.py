@@ -9,16 +9,17 @@ would return for the same inputs.
 import pytest
 import torch
 
-from grader.checks import CheckFailure, expect_close
+from grader.checks import CheckFailure, expect_close, reduction_atol
 from grader.remote import StudentCodeError, backward
 
-from cross_entropy_checks import expect_close_large  # this folder's helpers
+from cross_entropy_checks import assert_outside, expect_close_large, lse_atol  # this folder's helpers
 
 FUNCTIONS = ["softmax", "log_softmax"]
 
 # (shape, dim); dim None means "call with the default dim" (the last one).
 CASES = {
     "(4, 6), default dim": ((4, 6), None),
+    "(4, 6), dim=-1 passed explicitly": ((4, 6), -1),
     "(5, 3), dim=0": ((5, 3), 0),
     "(2, 4, 3), dim=1": ((2, 4, 3), 1),
 }
@@ -86,6 +87,9 @@ def overflow_mistakes(fn: str, x: torch.Tensor, dim: int) -> dict:
     return {"the max is not subtracted before exp: exp overflows to inf for large logits "
             "(compute x - max - log(sum(exp(x - max))))":
             lambda: x - x.exp().sum(dim, keepdim=True).log(),
+            "the max is subtracted inside the exp but not added back: log_softmax(x) = "
+            "x - max - log(sum(exp(x - max)))":
+            lambda: x - (x - x.amax(dim, keepdim=True)).exp().sum(dim, keepdim=True).log(),
             "log_softmax is computed as log(softmax(x)): probabilities that underflow to 0 "
             "give -inf (compute x - max - log(sum(exp(x - max))) directly)":
             lambda: stable.log()}
@@ -117,7 +121,11 @@ def test_softmax_sums_to_one(student, device):
         if not ((p >= 0) & (p <= 1)).all():
             raise CheckFailure(f"{what}: some probabilities are not in [0, 1] (or are NaN)")
         sums = p.double().sum(dim)
-        expect_close(sums, torch.ones_like(sums), atol=1e-5, rtol=0,
+        # Each p = e / S carries S's relative error (γ_{C+4}, any order) and two roundings, so the
+        # sum of C of them is within γ_{C+6} of 1: 6e-7 for C = 5 or 3, under the 1e-5 used. Not
+        # dividing by the sum gives sums of 1.1 or more.
+        atol = max(1e-5, reduction_atol(x.shape[dim], 1.0, term_ulps=6))
+        expect_close(sums, torch.ones_like(sums), atol=atol, rtol=0,
                      what=f"the sums of {what} along dim={dim}", mistakes={
                          "the exponentials are not divided by their sum along `dim`":
                              lambda: (x.double() - x.double().amax(dim, keepdim=True)).exp().sum(dim).to(device),
@@ -155,6 +163,30 @@ def test_large_logits(student, device, fn):
             expect_close_large(call(student, fn, x, dim), like(exact(fn, x, dim), x), what=what,
                                mistakes=overflow_mistakes(fn, x, dim), **large_tolerance(fn, x),
                                hint="the result is not finite: subtract the max along `dim` before exp")
+
+
+# ---- a large vocabulary: the sum over 50257 classes ---------------------------------
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("fn", FUNCTIONS)
+def test_large_vocabulary(student, device, fn):
+    """{fn} over GPT-2's 50257 classes, float32 logits (4, 50257)"""
+    # S = sum of 50257 exps, in float32 in any order, is within γ_50261 = 3.0e-3 relative of the
+    # exact sum (lse_atol adds the final subtractions' roundings, ~1e-5): that is the atol of
+    # log_softmax and the rtol of softmax (probabilities carry S's relative error), against
+    # 1e-5 and 1e-4 elementwise. The named mistakes lie far outside (asserted below): log-probs
+    # normalised over the whole tensor are log 4 = 1.4 off, without the log-sum-exp ~4, the max
+    # not added back ~9; softmax over the whole tensor is 4x too small, unnormalised ~70x too big,
+    # and each function returning the other is off by ~13 (or more).
+    x = random_logits((4, 50257), 150).to(dtype=torch.float32, device=device)
+    bound = lse_atol(x)
+    tolerance = {"atol": max(1e-5, bound), "rtol": 1e-4} if fn == "log_softmax" else \
+        {"atol": 1e-5, "rtol": max(1e-4, bound)}
+    expected = like(exact(fn, x, -1), x)
+    mistakes = value_mistakes(fn, x, -1)
+    assert_outside(expected, mistakes, **tolerance)
+    expect_close(call(student, fn, x, None), expected, what=call_text(fn, x.shape, x.dtype, None),
+                 mistakes=mistakes, **tolerance)
 
 
 # ---- gradients ----------------------------------------------------------------

@@ -15,6 +15,7 @@ import torch
 
 from grader.checks import CheckFailure, expect_close, expect_equal, expect_scalar
 from training_checks import local_model, remote_model, split
+from training_upstream import group_names
 
 # ---- get_batch ------------------------------------------------------------------
 
@@ -98,6 +99,8 @@ def lr_mistakes(step, max_lr, min_lr, warmup, max_steps):
         "the cosine runs over max_steps instead of over max_steps - warmup_steps":
             lambda: cosine((step - warmup) / max_steps) if decaying else None,
         "after max_steps the rate is not min_lr": lambda: max_lr if step >= max_steps else None,
+        "the cosine goes on after max_steps (from max_steps on the rate stays at min_lr)":
+            lambda: cosine((step - warmup) / max(max_steps - warmup, 1)) if step > max_steps else None,
     }
 
 
@@ -127,19 +130,6 @@ def test_lr_other_settings(student, reference):
 
 
 # ---- configure_optimizer ----------------------------------------------------------
-
-def group_names(groups, model) -> list[list[str]]:
-    """Name each tensor of each param group by matching it to `model`'s parameters by value."""
-    named = list(model.named_parameters())
-    out = []
-    for group in groups:
-        names = []
-        for t in group["params"]:
-            match = [n for n, p in named if p.shape == t.shape and torch.equal(p.detach().cpu(), t.cpu())]
-            names.append(match[0] if match else "<a tensor that is not one of the model's parameters>")
-        out.append(names)
-    return out
-
 
 def optimizer_groups(student, device, **model_changes):
     model = remote_model(student, device, seed=4, **model_changes)
@@ -200,7 +190,7 @@ def test_optimizer_frozen(student, reference, device):
 def test_optimizer_settings(student, reference, device):
     """configure_optimizer: AdamW with the given lr, betas (default (0.9, 0.95))"""
     model = remote_model(student, device, seed=2)
-    for kwargs in ({}, {"betas": (0.8, 0.99)}):
+    for kwargs in ({}, {"betas": (0.9, 0.95)}, {"betas": (0.8, 0.99)}):
         optimizer = student.training.configure_optimizer(model, 2.5e-3, 0.05, **kwargs)
         if optimizer.type_name != "AdamW":
             raise CheckFailure(f"expected a torch.optim.AdamW, got {optimizer.type_name}")

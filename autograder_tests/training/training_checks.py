@@ -11,6 +11,7 @@ known mistake would produce, so that the feedback can name it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from grader.checks import CheckFailure
 from grader.stages import project_root
 from grader.worker import fixtures
+from training_upstream import REFERENCE, Parts, build_optimizer
 
 HERE = Path(__file__).parent
 
@@ -118,11 +120,13 @@ def variant_lr(step: int, c: dict, warmup_from_zero=False, cosine_off_by_one=Fal
     return c["min_lr"] + 0.5 * (1 + math.cos(math.pi * progress)) * (c["max_lr"] - c["min_lr"])
 
 
-def variant_train(reference, device: str, config: dict, *, seed: int = 0, record_steps: int = 0,
-                  divide=True, clip="global", decay_all=False, warmup_from_zero=False,
-                  cosine_off_by_one=False, seed_once=False, zero_grad_each_micro=False,
+def variant_train(reference, device: str, config: dict, *, parts: Parts = REFERENCE, seed: int = 0,
+                  record_steps: int = 0, divide=True, clip="global", decay_all=False, warmup_from_zero=False,
+                  cosine_off_by_one=False, seed_once=False, zero_grad_each_micro=False, autocast_bf16=False,
                   resume_at: int | None = None, resume_optimizer=True, resume_step=True):
-    """Train a local TinyGPT as a buggy submission would; returns (train losses, model).
+    """Train a local TinyGPT as the reference does, with the student's upstream `parts` (its
+    lr_at's rates, get_batch's batches, configure_optimizer's groups; training_upstream.py)
+    and one knob changed as a buggy submission would; returns (train losses, model).
 
     clip: "global" | "none" | "after_step" | "per_param" | "value".
     resume_at: stop there and continue in a fresh model/optimizer, as a resumed job would,
@@ -138,6 +142,8 @@ def variant_train(reference, device: str, config: dict, *, seed: int = 0, record
         if decay_all:
             return torch.optim.AdamW(m.parameters(), lr=c["max_lr"], weight_decay=c["weight_decay"],
                                      betas=(0.9, 0.95))
+        if parts.groups is not None:
+            return build_optimizer(m, parts.groups, c["max_lr"])
         return reference.configure_optimizer(m, c["max_lr"], c["weight_decay"])
 
     optimizer = make_optimizer(model)
@@ -157,17 +163,25 @@ def variant_train(reference, device: str, config: dict, *, seed: int = 0, record
             if not resume_step:          # the resumed call counts from 0 and runs max_steps more
                 step = schedule_step = 0
             once = torch.Generator().manual_seed(c["seed"])
-        lr = variant_lr(schedule_step, c, warmup_from_zero, cosine_off_by_one)
+        if parts.lrs is not None and not (warmup_from_zero or cosine_off_by_one):
+            lr = parts.lrs[schedule_step]
+        else:
+            lr = variant_lr(schedule_step, c, warmup_from_zero, cosine_off_by_one)
         for group in optimizer.param_groups:
             group["lr"] = lr
         gen = once if seed_once else torch.Generator().manual_seed(c["seed"] + schedule_step)
         optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for _ in range(k):
+        for micro in range(k):
             if zero_grad_each_micro:
                 optimizer.zero_grad(set_to_none=True)
-            x, y = reference.get_batch(train_data, c["batch_size"], c["block_size"], gen, device)
-            _, loss = model(x, y)
+            if parts.batches is not None and not seed_once:
+                x, y = (t.to(device) for t in parts.batches[schedule_step][micro])
+            else:
+                x, y = reference.get_batch(train_data, c["batch_size"], c["block_size"], gen, device)
+            with (torch.autocast(torch.device(device).type, dtype=torch.bfloat16) if autocast_bf16
+                  else contextlib.nullcontext()):
+                _, loss = model(x, y)
             (loss / k if divide else loss).backward()
             total += loss.item()
         params = [p for p in model.parameters() if p.requires_grad]

@@ -145,7 +145,55 @@ class _StepRecorder:
                                  for name, p in model.named_parameters()})
 
 
-FIXTURES = {"ContextLM": ContextLM, "TinyGPT": TinyGPT}
+class TrainProbeGPT(TinyGPT):
+    """TinyGPT that also logs how the training loop runs it (for the training stage's device,
+    dtype and checkpoint tests); its parameters are those of TinyGPT with the same arguments.
+
+    `forward_log`: for each of the first 64 forward calls, (device of idx as a str, the dtype
+    autocast computes in on that device as a str or None when autocast is off, training mode,
+    grad enabled). `crash_at`: the n-th backward pass through a loss it returned (1-based)
+    raises RuntimeError("simulated preemption ..."), as a job killed mid-run would stop
+    (backward, not forward: an evaluation run with gradients on never counts).
+    """
+
+    def __init__(self, *args, crash_at: int | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.crash_at = crash_at
+        self.backward_calls = 0
+        self.forward_log: list[tuple[str, str | None, bool, bool]] = []
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        grad = torch.is_grad_enabled()
+        if len(self.forward_log) < 64 and isinstance(idx, torch.Tensor):
+            kind = idx.device.type
+            on = _autocast_dtype(kind)
+            self.forward_log.append((str(idx.device), on, self.training, grad))
+        logits, loss = super().forward(idx, targets)
+        if self.crash_at is not None and loss is not None and loss.requires_grad:
+            loss.register_hook(self._count_backward)
+        return logits, loss
+
+    def _count_backward(self, grad: torch.Tensor) -> torch.Tensor:
+        self.backward_calls += 1
+        if self.backward_calls >= self.crash_at:
+            raise RuntimeError(f"simulated preemption at backward pass {self.crash_at} "
+                               "(the grader stops the job here on purpose)")
+        return grad
+
+
+def _autocast_dtype(device_type: str) -> str | None:
+    """The dtype autocast computes in on `device_type` now, or None when it is off."""
+    try:
+        if not torch.is_autocast_enabled(device_type):
+            return None
+        return str(torch.get_autocast_dtype(device_type))
+    except (TypeError, AttributeError):      # torch < 2.4: the CUDA-only and CPU-only calls
+        if device_type == "cuda":
+            return str(torch.get_autocast_gpu_dtype()) if torch.is_autocast_enabled() else None
+        return str(torch.get_autocast_cpu_dtype()) if torch.is_autocast_cpu_enabled() else None
+
+
+FIXTURES = {"ContextLM": ContextLM, "TinyGPT": TinyGPT, "TrainProbeGPT": TrainProbeGPT}
 
 
 def build(name: str, args: list, kwargs: dict) -> Any:

@@ -1,6 +1,7 @@
 """BUG: masked scores are filled with -1e9 instead of -inf, so a row with no allowed key gets
 uniform weights instead of zeros.
 EXPECT: no allowed key gets uniform weights
+PART: test_sdpa_all_masked_rows
 """
 
 import math

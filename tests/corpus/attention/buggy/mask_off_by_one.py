@@ -1,6 +1,7 @@
 """BUG: the causal mask is built with triu(diagonal=0), so a query cannot see itself (and the
 first row has no key at all).
 EXPECT: off by one
+PART: test_sdpa_*
 """
 
 import math

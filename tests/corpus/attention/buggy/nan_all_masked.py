@@ -1,5 +1,6 @@
 """BUG: the softmax subtracts the row max even when it is -inf, so a row with no allowed key is NaN.
 EXPECT: NaN in a row with no allowed key
+PART: test_sdpa_all_masked_rows
 """
 
 import math

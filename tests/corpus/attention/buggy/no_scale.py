@@ -1,5 +1,6 @@
 """BUG: the scores are not scaled by 1/sqrt(d).
 EXPECT: not scaled by 1/sqrt(d)
+PART: test_sdpa_*
 """
 
 import math

@@ -1,5 +1,6 @@
 """BUG: the scores are divided by d instead of sqrt(d).
 EXPECT: scaled by 1/d instead of 1/sqrt(d)
+PART: test_sdpa_*
 """
 
 import math

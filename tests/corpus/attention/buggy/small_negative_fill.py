@@ -1,5 +1,6 @@
 """BUG: masked scores are filled with -20, so masked weights are tiny but not exactly 0.
 EXPECT: not exactly 0
+PART: test_sdpa_exact_zeros_and_sums test_sdpa_all_masked_rows
 """
 
 import math

@@ -1,5 +1,6 @@
 """BUG: the softmax normalises over the queries (dim=-2) instead of the keys.
 EXPECT: wrong dimension
+PART: test_sdpa_*
 """
 
 import math

@@ -1,5 +1,6 @@
 """BUG: columns normalised instead of rows: the totals are summed over dim=0
 EXPECT: columns are normalised instead of rows
+PART: test_probs_*
 
 The reference bigram.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,5 +1,6 @@
 """BUG: the default smoothing is 0.0 instead of 1.0
 EXPECT: the default smoothing is not 1
+PART: test_probs_default_smoothing
 
 The reference bigram.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,5 +1,6 @@
 """BUG: all words concatenated into one string before adding the boundary, so bigrams run across word boundaries
 EXPECT: joined without a boundary between them
+PART: test_counts_*
 
 The reference bigram.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,5 +1,6 @@
 """BUG: nll returns the mean log-likelihood (the minus sign is missing)
 EXPECT: the log-likelihood, not its negative
+PART: test_nll_hand test_nll_heldout
 
 The reference bigram.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,4 +1,6 @@
 """BUG: bigram_probs returns float64 (the internal dtype) instead of float32
+EXPECT: expected dtype torch.float32
+PART: test_probs_*
 
 The reference bigram.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,5 +1,6 @@
 """BUG: sample calls torch.multinomial without generator=, so it draws from the global RNG
 EXPECT: uses the global random generator instead of `generator`
+PART: test_sample_hand_exact test_sample_names_exact test_sample_uses_generator
 
 The reference bigram.py with exactly this one mistake (corpus for the autograder).
 """

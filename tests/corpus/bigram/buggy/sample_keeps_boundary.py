@@ -1,5 +1,6 @@
 """BUG: sample appends the character before checking for the end token, so every word ends with '.'
 EXPECT: each word still contains the boundary token
+PART: test_sample_*
 
 The reference bigram.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,4 +1,6 @@
 """BUG: sample's length check uses > instead of ==, so words stop at max_len + 1 characters
+EXPECT: off by one
+PART: test_sample_max_len
 
 The reference bigram.py with exactly this one mistake (corpus for the autograder).
 """

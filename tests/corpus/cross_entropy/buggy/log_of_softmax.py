@@ -1,5 +1,6 @@
 """BUG: log_softmax is log(softmax(x)): an underflowing probability gives -inf and an infinite loss
 EXPECT: log(softmax(x))
+PART: test_large_logits
 
 The reference cross_entropy.py with exactly this one mistake (corpus for the autograder).
 """

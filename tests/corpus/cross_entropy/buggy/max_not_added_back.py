@@ -1,5 +1,6 @@
 """BUG: log_softmax subtracts the max inside the exp but returns x - log(sum(exp(x - max)))
 EXPECT: not added back
+PART: test_values test_large_logits test_large_vocabulary
 
 The reference cross_entropy.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,5 +1,6 @@
 """BUG: softmax and log_softmax exponentiate the raw logits (no max subtraction): inf/NaN for large logits
 EXPECT: the max is not subtracted before exp
+PART: test_large_logits
 
 The reference cross_entropy.py with exactly this one mistake (corpus for the autograder).
 """

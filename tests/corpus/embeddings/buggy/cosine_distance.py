@@ -1,5 +1,6 @@
 """BUG: cosine_similarity returns 1 - cos
 EXPECT: cosine distance
+PART: test_cosine*
 
 The reference embeddings.py with exactly this one mistake (corpus for the autograder).
 """

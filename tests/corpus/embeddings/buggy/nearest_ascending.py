@@ -1,5 +1,6 @@
 """BUG: nearest returns the k worst rows, worst first
 EXPECT: the order is ascending
+PART: test_nearest_*
 
 The reference embeddings.py with exactly this one mistake (corpus for the autograder).
 """

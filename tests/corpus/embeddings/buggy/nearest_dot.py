@@ -1,5 +1,6 @@
 """BUG: nearest ranks by the dot product
 EXPECT: ranked by dot product
+PART: test_nearest_*
 
 The reference embeddings.py with exactly this one mistake (corpus for the autograder).
 """

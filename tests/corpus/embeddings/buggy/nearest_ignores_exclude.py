@@ -1,5 +1,6 @@
 """BUG: nearest never applies exclude
 EXPECT: exclude is ignored
+PART: test_nearest_*
 
 The reference embeddings.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,5 +1,6 @@
 """BUG: PositionalEmbedding returns the last seq_len rows
 EXPECT: LAST seq_len rows
+PART: test_positional_rows
 
 The reference embeddings.py with exactly this one mistake (corpus for the autograder).
 """

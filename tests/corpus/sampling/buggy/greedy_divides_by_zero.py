@@ -1,5 +1,6 @@
 """BUG: sample_next has no temperature-0 case: it divides the logits by zero
 EXPECT: divides the logits by zero
+PART: test_greedy
 
 The reference sampling.py with exactly this one mistake (corpus for the autograder).
 """

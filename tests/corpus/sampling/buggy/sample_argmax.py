@@ -1,5 +1,6 @@
 """BUG: sample_next takes the argmax of the filtered distribution instead of sampling from it
 EXPECT: the argmax is taken instead of sampling
+PART: test_sample_next_*
 
 The reference sampling.py with exactly this one mistake (corpus for the autograder).
 """

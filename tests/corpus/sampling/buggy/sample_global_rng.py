@@ -1,5 +1,6 @@
 """BUG: sample_next calls torch.multinomial without generator=, so it draws from the global RNG
 EXPECT: global random generator
+PART: test_sample_next_*
 
 The reference sampling.py with exactly this one mistake (corpus for the autograder).
 """

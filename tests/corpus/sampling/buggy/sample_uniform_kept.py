@@ -1,5 +1,6 @@
 """BUG: sample_next draws uniformly among the tokens the filters kept
 EXPECT: uniform over the kept tokens
+PART: test_sample_next_*
 
 The reference sampling.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,5 +1,6 @@
 """BUG: sample_next filters with top-k / top-p first and applies the temperature afterwards
 EXPECT: the temperature is applied after
+PART: test_sample_next_*
 
 The reference sampling.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,5 +1,6 @@
 """BUG: top_k_filter keeps exactly the k indices torch.topk returns, dropping ties with the k-th value
 EXPECT: tied with the k-th largest
+PART: test_top_k_*
 
 The reference sampling.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,5 +1,6 @@
 """BUG: top_k_filter sets the removed logits to 0 instead of -inf
 EXPECT: set to 0 instead of -inf
+PART: test_top_k_*
 
 The reference sampling.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,5 +1,6 @@
 """BUG: top_p_filter sorts the logits ascending (torch.sort's default)
 EXPECT: sorted ascending
+PART: test_top_p_*
 
 The reference sampling.py with exactly this one mistake (corpus for the autograder).
 """

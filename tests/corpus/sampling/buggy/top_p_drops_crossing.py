@@ -1,5 +1,6 @@
 """BUG: top_p_filter keeps only tokens whose cumulative probability is below p (drops the crossing token)
 EXPECT: crosses p is dropped
+PART: test_top_p_*
 
 The reference sampling.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,5 +1,6 @@
 """BUG: top_p_filter shifts the removal mask right (Hugging Face style) but forgets to keep the first token
 EXPECT: most probable token is not always kept
+PART: test_top_p_*
 
 The reference sampling.py with exactly this one mistake (corpus for the autograder).
 """

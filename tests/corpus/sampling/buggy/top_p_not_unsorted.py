@@ -1,5 +1,6 @@
 """BUG: top_p_filter applies the sorted keep/drop mask to the unsorted logits (no scatter back)
 EXPECT: scattered back
+PART: test_top_p_*
 
 The reference sampling.py with exactly this one mistake (corpus for the autograder).
 """

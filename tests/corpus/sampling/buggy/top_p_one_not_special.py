@@ -1,5 +1,6 @@
 """BUG: top_p_filter has no special case for p == 1, so float32 rounding drops a tiny tail
 EXPECT: p == 1 drops the tiny tail
+PART: test_top_p_*
 
 The reference sampling.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,5 +1,6 @@
 """BUG: the most frequent pair is max(stats, key=stats.get): ties go to the pair seen first
 EXPECT: ties go to the pair seen first
+PART: test_train_ties
 
 The straightforward tokenizer.py (correct/naive_recount.py) with exactly this one mistake.
 """

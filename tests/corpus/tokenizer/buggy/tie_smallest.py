@@ -1,5 +1,6 @@
 """BUG: ties go to the smallest pair (min of the pairs) instead of the greatest
 EXPECT: ties are broken towards the smallest pair
+PART: test_train_ties
 
 The reference tokenizer.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,5 +1,6 @@
 """BUG: each micro-batch loss is backpropagated without dividing by grad_accum_steps
 EXPECT: not divided by grad_accum_steps
+PART: test_train_*
 
 The reference training.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,5 +1,6 @@
 """BUG: get_batch keeps the data's dtype (int32 data gives int32 batches)
 EXPECT: expected dtype torch.int64
+PART: test_get_batch_*
 
 The reference training.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,5 +1,6 @@
 """BUG: the gradients are clipped after optimizer.step()
 EXPECT: not clipped before optimizer.step()
+PART: test_train_*
 
 The reference training.py with exactly this one mistake (corpus for the autograder).
 """

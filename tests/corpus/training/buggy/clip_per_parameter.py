@@ -1,5 +1,6 @@
 """BUG: each parameter's gradient is clipped to grad_clip separately
 EXPECT: clipped on its own
+PART: test_train_*
 
 The reference training.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,5 +1,6 @@
 """BUG: lr_at's cosine uses step - warmup_steps + 1
 EXPECT: cosine is off by one
+PART: test_lr_*
 
 The reference training.py with exactly this one mistake (corpus for the autograder).
 """

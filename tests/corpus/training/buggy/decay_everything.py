@@ -1,5 +1,6 @@
 """BUG: configure_optimizer puts every parameter, biases and norm weights too, in the decayed group
 EXPECT: weight decay is applied to every parameter
+PART: test_optimizer_*
 
 The reference training.py with exactly this one mistake (corpus for the autograder).
 """

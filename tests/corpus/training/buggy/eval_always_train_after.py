@@ -1,5 +1,6 @@
 """BUG: estimate_loss calls model.train() at the end instead of restoring the previous mode
 EXPECT: restore the previous mode
+PART: test_estimate_loss_*
 
 The reference training.py with exactly this one mistake (corpus for the autograder).
 """

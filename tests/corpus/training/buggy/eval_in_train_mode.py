@@ -1,5 +1,6 @@
 """BUG: estimate_loss never switches the model to eval mode
 EXPECT: model.eval()
+PART: test_estimate_loss_*
 
 The reference training.py with exactly this one mistake (corpus for the autograder).
 """

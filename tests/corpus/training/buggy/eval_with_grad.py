@@ -1,5 +1,6 @@
 """BUG: estimate_loss runs the model with gradients on (no torch.no_grad())
 EXPECT: torch.no_grad()
+PART: test_estimate_loss_*
 
 The reference training.py with exactly this one mistake (corpus for the autograder).
 """

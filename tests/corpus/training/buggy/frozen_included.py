@@ -1,5 +1,6 @@
 """BUG: configure_optimizer includes parameters with requires_grad=False
 EXPECT: configure_optimizer(TinyGPT with
+PART: test_optimizer_*
 
 The reference training.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,5 +1,6 @@
 """BUG: train seeds one generator with config.seed at the start of each call
 EXPECT: seeded once
+PART: test_train_* test_checkpoint_resume
 
 The reference training.py with exactly this one mistake (corpus for the autograder).
 """

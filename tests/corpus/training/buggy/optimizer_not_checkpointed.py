@@ -1,5 +1,6 @@
 """BUG: save_checkpoint saves the model and the step but not the optimizer state
-EXPECT: optimizer state (AdamW's moments)
+EXPECT: AdamW's moment estimates
+PART: test_checkpoint_round_trip
 
 The reference training.py with exactly this one mistake (corpus for the autograder).
 """

@@ -1,5 +1,6 @@
 """BUG: train reports the sum of the micro-batch losses of a step, not their mean
 EXPECT: sum of the micro-batch losses
+PART: test_train_*
 
 The reference training.py with exactly this one mistake (corpus for the autograder).
 """

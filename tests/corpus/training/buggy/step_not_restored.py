@@ -1,5 +1,6 @@
 """BUG: train loads the checkpoint but restarts counting steps at 0
 EXPECT: step count is not restored
+PART: test_checkpoint_* test_train_checkpoint_schedule
 
 The reference training.py with exactly this one mistake (corpus for the autograder).
 """

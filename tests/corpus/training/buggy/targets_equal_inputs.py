@@ -1,5 +1,6 @@
 """BUG: get_batch returns y = x (no shift)
 EXPECT: y = x
+PART: test_get_batch_* test_budgeted_run
 
 The reference training.py with exactly this one mistake (corpus for the autograder).
 """

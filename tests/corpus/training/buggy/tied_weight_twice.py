@@ -1,5 +1,6 @@
 """BUG: configure_optimizer iterates named_parameters(remove_duplicate=False): the tied weight twice
 EXPECT: tied weight is listed twice
+PART: test_optimizer_*
 
 The reference training.py with exactly this one mistake (corpus for the autograder).
 """

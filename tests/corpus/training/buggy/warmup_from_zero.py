@@ -1,5 +1,6 @@
 """BUG: lr_at warms up with max_lr * step / warmup_steps (lr 0 at step 0)
 EXPECT: warm-up starts from 0
+PART: test_lr_*
 
 The reference training.py with exactly this one mistake (corpus for the autograder).
 """

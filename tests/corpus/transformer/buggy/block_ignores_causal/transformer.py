@@ -1,5 +1,6 @@
 """BUG: TransformerBlock does not pass its causal flag on to attention.
 EXPECT: the causal flag is not passed on
+PART: test_block_*
 """
 
 import torch

@@ -1,5 +1,6 @@
 """BUG: FeedForward applies dropout to the GELU output, before proj.
 EXPECT: dropout is applied before proj
+PART: test_ffn_dropout
 """
 
 import torch

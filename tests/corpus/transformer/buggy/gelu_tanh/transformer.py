@@ -1,5 +1,6 @@
 """BUG: FeedForward uses the tanh approximation of GELU.
 EXPECT: the tanh approximation of GELU
+PART: test_ffn_gelu test_ffn_forward_backward
 """
 
 import torch

@@ -1,5 +1,6 @@
 """BUG: LayerNorm detaches the mean: the output is right, the input gradient is not.
 EXPECT: the mean is detached
+PART: test_layernorm_*
 """
 
 import torch

@@ -1,5 +1,6 @@
 """BUG: LayerNorm adds eps to the standard deviation, outside the square root.
 EXPECT: eps is added outside the square root
+PART: test_layernorm_*
 """
 
 import torch

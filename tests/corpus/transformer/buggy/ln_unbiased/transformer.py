@@ -1,5 +1,6 @@
 """BUG: LayerNorm divides the squared deviations by d - 1 (unbiased variance).
 EXPECT: the variance is unbiased
+PART: test_layernorm_*
 """
 
 import torch

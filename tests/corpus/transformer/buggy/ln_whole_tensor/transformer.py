@@ -1,5 +1,6 @@
 """BUG: LayerNorm takes the mean and variance over the whole tensor instead of the last dim.
 EXPECT: the statistics are taken over the whole tensor
+PART: test_layernorm_*
 """
 
 import torch

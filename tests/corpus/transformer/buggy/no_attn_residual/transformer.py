@@ -1,5 +1,6 @@
 """BUG: TransformerBlock drops the residual around attention.
 EXPECT: the attention sublayer has no residual connection
+PART: test_block_*
 """
 
 import torch

@@ -1,5 +1,6 @@
 """BUG: TransformerBlock adds ln(x), not x, on the residual path.
 EXPECT: the residual adds the normalised input
+PART: test_block_*
 """
 
 import torch

@@ -1,5 +1,6 @@
 """BUG: TransformerBlock uses ln1 before the feed-forward too.
 EXPECT: ln1 is used before the feed-forward too
+PART: test_block_*
 """
 
 import torch

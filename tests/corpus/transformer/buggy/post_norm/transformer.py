@@ -1,5 +1,6 @@
 """BUG: TransformerBlock is post-norm: x = ln(x + f(x)).
 EXPECT: post-norm
+PART: test_block_*
 """
 
 import torch

@@ -1,5 +1,6 @@
 """BUG: FeedForward uses ReLU instead of GELU.
 EXPECT: ReLU is used instead of GELU
+PART: test_ffn_gelu test_ffn_forward_backward
 """
 
 import torch
