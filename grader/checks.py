@@ -159,6 +159,16 @@ def _resolve(mistakes: Mapping[str, Any] | None) -> Iterator[tuple[str, Any]]:
             continue
 
 
+def assert_outside(expected: Any, mistakes: Mapping[str, Any] | None, atol: float,
+                   rtol: float | None = None) -> None:
+    """The grader's own check, where a derived tolerance widened the elementwise one: every named
+    mistake must still fail the comparison, else the test could not tell it from a right answer.
+    A mistake these inputs cannot produce (it raises) is passed over, as `_resolve` does."""
+    for description, value in _resolve(mistakes):
+        assert tensor_mismatch(value, expected, atol=atol, rtol=rtol) is not None, \
+            f"grader: the mistake {description!r} lies within the tolerance {atol:g}"
+
+
 def _fail(what: str, problem: str, actual: Any, mistakes, matches: Callable[[Any, Any], bool]):
     for description, buggy in _resolve(mistakes):
         if matches(actual, buggy):

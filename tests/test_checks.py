@@ -120,3 +120,12 @@ def test_reduction_atol_grows_with_terms_and_never_undercuts_one_term():
     assert reduction_atol(10_000, 1.0) > reduction_atol(100, 1.0)
     assert reduction_atol(100, 1.0, dtype=torch.float64) < reduction_atol(100, 1.0) * 1e-8
     assert reduction_atol(2 ** 25, 1.0) == math.inf
+
+
+def test_assert_outside_refuses_a_tolerance_that_swallows_a_named_mistake():
+    from grader.checks import assert_outside
+    expected = torch.ones(3)
+    mistakes = {"off by 1e-3": expected + 1e-3, "cannot arise here": lambda: 1 / 0}
+    assert_outside(expected, mistakes, atol=1e-4, rtol=0)          # the mistake stays outside
+    with pytest.raises(AssertionError, match="off by 1e-3"):
+        assert_outside(expected, mistakes, atol=1e-2, rtol=0)

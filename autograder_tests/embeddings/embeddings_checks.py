@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from grader.checks import CheckFailure, expect_close, reduction_atol, tensor_mismatch
+from grader.checks import CheckFailure, assert_outside, expect_close, reduction_atol, tensor_mismatch
 from grader.remote import StudentCodeError, backward
 
 COSINE_TEST = "'cosine_similarity over the last dim with broadcasting, ...'"
@@ -79,16 +79,6 @@ def cosine_atol(d: int, dtype: torch.dtype = torch.float32) -> float:
     """
     return 2 * reduction_atol(d, 1.0, dtype=dtype)
 
-
-def assert_outside(expected: torch.Tensor, mistakes: dict, atol: float, rtol: float) -> None:
-    """Grader self-check: every named mistake fails the widened comparison."""
-    for description, produce in mistakes.items():
-        try:
-            value = produce() if callable(produce) else produce
-        except Exception:  # noqa: BLE001 -- not a mistake these inputs can show
-            continue
-        assert tensor_mismatch(value, expected, atol=atol, rtol=rtol) is not None, \
-            f"grader: the mistake {description!r} lies within the tolerance {atol:g}"
 
 
 def cosine_mistakes(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> dict:
