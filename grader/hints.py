@@ -15,8 +15,8 @@ stage a hint belongs to is seen in it ("tokenizer.py", line 42).
 
 from __future__ import annotations
 
-import inspect
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +45,7 @@ def add_hint(pattern: str, hint: str, *, type_name: str | None = None) -> None:
     Called from `autograder_tests/<stage>/...`, the hint is for that stage only.
     Registering the same hint twice (a module imported again) keeps one copy.
     """
-    caller = Path(inspect.stack()[1].filename).resolve()
+    caller = Path(sys._getframe(1).f_code.co_filename).resolve()   # not inspect.stack(): it reads every frame's source
     stage = None if caller.parent == Path(__file__).resolve().parent else caller.parent.name
     entry = Hint(re.compile(pattern), hint, type_name, stage)
     if entry not in _HINTS:

@@ -65,9 +65,9 @@ class StudentCodeError(Exception):
         if name == "NotImplementedError":
             return f"{self.what} is not implemented yet (it raised NotImplementedError)"
         text = f"{self.what} raised {name}: {message}"
-        where = _innermost_student_line(trace)
-        if where:
-            text += f"\n  at {where}"
+        frames = _student_frames(trace)
+        if frames:
+            text += f"\n  at {frames[-1]}"
         if name == "TypeError" and not trace:
             text += "\n(check the function's name and signature against the handout)"
         if name == "MemoryError":
@@ -75,7 +75,7 @@ class StudentCodeError(Exception):
         hint = hint_for(name, message, trace, self.what)
         if hint:
             text += f"\nhint: {hint}"
-        if trace and trace.count("\n  File ") + trace.startswith("  File ") > 1:
+        if len(frames) > 1:
             text += f"\nTraceback (your files only):\n{trace.rstrip()}"
         return text
 
@@ -84,14 +84,10 @@ _FRAME = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<func
                     re.MULTILINE)
 
 
-def _innermost_student_line(trace: str) -> str | None:
-    """'tokenizer.py, line 42, in train_bpe: best = max(stats)' from a student traceback."""
-    frames = list(_FRAME.finditer(trace or ""))
-    if not frames:
-        return None
-    last = frames[-1]
-    code = (last["code"] or "").strip()
-    return f"{last['file']}, line {last['line']}, in {last['function']}" + (f": {code}" if code else "")
+def _student_frames(trace: str) -> list[str]:
+    """'tokenizer.py, line 42, in train_bpe: best = max(stats)' for each frame of a student traceback."""
+    return [f"{m['file']}, line {m['line']}, in {m['function']}" + (f": {m['code'].strip()}" if m["code"] else "")
+            for m in _FRAME.finditer(trace or "")]
 
 
 class RemoteObject:
