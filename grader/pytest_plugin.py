@@ -50,7 +50,7 @@ class TestRecord:
     printed: str = ""
     internal_error: bool = False
     ran: bool = False
-    function: str = ""     # the test function's name ("test_ffn_gelu"): what corpus PART: lines match
+    function: str = ""     # the test function's name: what corpus PART: lines match
 
     @property
     def score(self) -> float:
