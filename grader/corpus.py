@@ -14,6 +14,7 @@ carried forward) says which tests may charge it: `PART: test_ffn_* test_gelu*`
 and it behaves only if every failing test matches PART and names the bug.
 
     python -m grader.corpus --report [--stage transformer] [tests/corpus]
+    python -m grader.corpus --report --why --entry 'attention/heads_*'
     python -m grader.corpus --kind correct --device cuda
 
 The first grades every buggy entry in full and prints what each one costs (points,
@@ -81,15 +82,21 @@ class Verdict:
     ok: bool
     detail: str
     failing: list = None    # (test function, feedback names the bug) per failing test, when graded in full
+    feedback: dict = None   # test function -> its feedback, per failing test, when graded in full
 
 
-def entries(corpus_root: Path, stage_names: list[str] | None = None) -> list[Entry]:
+def entries(corpus_root: Path, stage_names: list[str] | None = None,
+            names: list[str] | None = None) -> list[Entry]:
+    """The corpus's entries, optionally only those stages, or names matching `<stage>/<name>` globs."""
     found = []
     for stage_dir in sorted(p for p in Path(corpus_root).iterdir() if p.is_dir()):
         if stage_names and stage_dir.name not in stage_names:
             continue
         for kind in ("buggy", "correct"):
             for path in sorted((stage_dir / kind).glob("*")):
+                short = f"{stage_dir.name}/{path.stem}"
+                if names and not any(fnmatch.fnmatchcase(short, n) for n in names):
+                    continue
                 if path.suffix == ".py" or path.is_dir():
                     found.append(Entry(stage_dir.name, kind, path))
     return found
@@ -127,9 +134,10 @@ def judge(entry: Entry, options: GradeOptions | None = None, *, full: bool = Fal
     feedback = "\n".join(t["output"] for t in results["tests"] if t["status"] == "failed")
     failing = [(r.function, expect is None or expect in "\n".join(r.feedback))
                for r in records if r.score < r.max_score] if full else None
+    by_test = {r.function: "\n".join(r.feedback) for r in records if r.score < r.max_score}
     if crashed:
         return Verdict(entry, score, maximum, False,
-                       f"hidden tests crashed (grader errors) in: {', '.join(crashed)}", failing)
+                       f"hidden tests crashed (grader errors) in: {', '.join(crashed)}", failing, by_test)
     if entry.kind == "correct":
         ok = maximum > 0 and score == maximum
         return Verdict(entry, score, maximum, ok, "full marks" if ok else f"lost points:\n{feedback}")
@@ -139,17 +147,22 @@ def judge(entry: Entry, options: GradeOptions | None = None, *, full: bool = Fal
     detail = ("caught" if score < maximum else "NOT caught: full marks") + (
         "" if named else f"; feedback does not name the mistake ({expect!r}):\n{feedback}") + (
         f"; charged outside its PART ({' '.join(entry.part)}) by: {', '.join(outside)}" if outside else "")
-    return Verdict(entry, score, maximum, ok, detail, failing)
+    return Verdict(entry, score, maximum, ok, detail, failing, by_test)
 
 
 def report(corpus_root: Path, stage_names: list[str] | None = None,
-           options: GradeOptions | None = None) -> list[Verdict]:
-    """Grade every buggy entry in full and print one line each, then a summary."""
+           options: GradeOptions | None = None, *, why: bool = False,
+           names: list[str] | None = None) -> list[Verdict]:
+    """Grade every buggy entry in full and print one line each, then a summary.
+
+    With `why`, each entry's line is followed by the failing tests that do not name
+    its bug or lie outside its PART, and the start of their feedback.
+    """
     import copy
     import torch
     verdicts = []
     print(f"{'entry':48} {'lost':>6} {'failed':>6} {'named':>6} {'outside':>7}")
-    for entry in entries(corpus_root, stage_names):
+    for entry in entries(corpus_root, stage_names, names):
         if entry.kind != "buggy" or (entry.requires == "cuda" and not torch.cuda.is_available()):
             continue
         verdict = judge(entry, copy.copy(options or GradeOptions()), full=True)
@@ -160,6 +173,10 @@ def report(corpus_root: Path, stage_names: list[str] | None = None,
         print(f"{entry.name:48} {verdict.max_score - verdict.score:6.1f} {len(failing):6} "
               f"{named!s:>6} {outside!s:>7}{'' if verdict.score < verdict.max_score else '  NOT CAUGHT'}",
               flush=True)
+        for function, is_named in failing if why else ():
+            if (entry.expect and not is_named) or not entry.in_part(function):
+                lines = (verdict.feedback or {}).get(function, "").splitlines()[:4]
+                print(f"    {function}: " + "\n      ".join(lines), flush=True)
     caught = sum(v.score < v.max_score for v in verdicts)
     with_expect = [v for v in verdicts if v.entry.expect]
     all_named = sum(all(n for _, n in v.failing or ()) for v in with_expect)
@@ -171,12 +188,21 @@ def report(corpus_root: Path, stage_names: list[str] | None = None,
     return verdicts
 
 
+def meets_targets(verdict: Verdict) -> bool:
+    """A buggy entry graded in full meets the report's targets: it loses points, every failing
+    test names its bug (when it has an EXPECT) and none lies outside its PART."""
+    failing = verdict.failing or []
+    return (verdict.score < verdict.max_score and all(named for _, named in failing)
+            and all(verdict.entry.in_part(function) for function, _ in failing))
+
+
 def check(corpus_root: Path, stage_names: list[str] | None = None, *, kind: str | None = None,
-          requires: str | None = None, options: GradeOptions | None = None) -> list[Verdict]:
+          requires: str | None = None, options: GradeOptions | None = None,
+          names: list[str] | None = None) -> list[Verdict]:
     """Judge entries (as tests/test_corpus.py does) and print one line each; for scripts without pytest."""
     import copy
     verdicts = []
-    for entry in entries(corpus_root, stage_names):
+    for entry in entries(corpus_root, stage_names, names):
         if (kind and entry.kind != kind) or (requires and entry.requires != requires):
             continue
         verdict = judge(entry, copy.copy(options or GradeOptions()))
@@ -193,15 +219,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("corpus", nargs="?", default="tests/corpus", type=Path)
     parser.add_argument("--report", action="store_true", help="grade every buggy entry in full, print costs")
     parser.add_argument("--stage", action="append", help="only this stage (repeatable)")
+    parser.add_argument("--entry", action="append",
+                        help="only entries matching this <stage>/<name> glob (repeatable)")
+    parser.add_argument("--why", action="store_true",
+                        help="with --report: show the failing tests that do not name the bug, or lie outside PART")
     parser.add_argument("--kind", choices=["buggy", "correct"], help="without --report: only these entries")
     parser.add_argument("--requires", help="without --report: only entries with this REQUIRES (cuda)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args(argv)
     options = GradeOptions(device=args.device, call_timeout=10.0)
     if args.report:
-        verdicts = report(args.corpus, args.stage, options)
-        return 0 if all(v.score < v.max_score for v in verdicts) else 1
-    verdicts = check(args.corpus, args.stage, kind=args.kind, requires=args.requires, options=options)
+        verdicts = report(args.corpus, args.stage, options, why=args.why, names=args.entry)
+        return 0 if all(meets_targets(v) for v in verdicts) else 1
+    verdicts = check(args.corpus, args.stage, kind=args.kind, requires=args.requires, options=options,
+                     names=args.entry)
     return 0 if verdicts and all(v.ok for v in verdicts) else 1
 
 

@@ -80,3 +80,20 @@ def test_report_counts_failing_tests_and_how_many_name_the_bug(monkeypatch, tmp_
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("x/buggy/bug"))
     assert line.split()[1:] == ["4.0", "2", "1", "-"]          # lost, failed, named, outside
     assert verdict.failing == [("test_ffn_gelu", True), ("test_gpt_loss", False)]
+
+
+def test_report_why_shows_the_tests_that_do_not_name_the_bug(monkeypatch, tmp_path, capsys):
+    """--why lists each failing test whose feedback misses the EXPECT words, with that feedback;
+    --entry keeps only matching entries; the exit status says whether every target is met."""
+    buggy = tmp_path / "x" / "buggy"
+    buggy.mkdir(parents=True)
+    (buggy / "bug.py").write_text('"""BUG: b\nEXPECT: GELU\n"""\n')
+    (buggy / "other.py").write_text('"""BUG: o\nEXPECT: never graded\n"""\n')
+    monkeypatch.setattr(corpus, "grade", _fake_grade({"test_ffn_gelu": "tanh GELU",
+                                                      "test_gpt_loss": "values differ by 3%"}))
+    assert corpus.main([str(tmp_path), "--report", "--why", "--entry", "x/bug"]) == 1
+    out = capsys.readouterr().out
+    assert "    test_gpt_loss: values differ by 3%" in out
+    assert "    test_ffn_gelu" not in out and "x/buggy/other" not in out
+    monkeypatch.setattr(corpus, "grade", _fake_grade({"test_ffn_gelu": "tanh GELU"}))
+    assert corpus.main([str(tmp_path), "--report", "--entry", "x/bug"]) == 0
