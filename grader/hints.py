@@ -100,3 +100,6 @@ add_hint(r"maximum recursion depth exceeded",
 add_hint(r"CUDA out of memory|can't allocate memory|DefaultCPUAllocator",
          "the code asked for more memory than the grader allows: avoid building (T, T, ...) or "
          "(vocab, vocab, ...) tensors where a smaller one does")
+add_hint(r"\[Errno 27\] File too large",
+         "your code printed or wrote more than the grader's output limit (16 MiB per worker, "
+         "set in grader/worker/sandbox.py): print less, e.g. not inside a loop over every token")

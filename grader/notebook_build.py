@@ -95,7 +95,7 @@ def make_notebook(module_source: str, handout: str, stem: str) -> nbformat.Noteb
     """
     sections = split_markdown(handout)
     position = _code_position(sections)
-    intro = INTRO.format(export=EXPORT, module=f"{stem}.py", stem=stem)
+    intro = INTRO.format(export=EXPORT, module=stem, stem=stem)
     markdown = [v4.new_markdown_cell(s) for s in sections]
     code = [v4.new_code_cell(f"{EXPORT}\n{chunk}") for chunk in split_code(module_source)]
     cells = (markdown[:1] + [v4.new_markdown_cell(intro)] + markdown[1:position] + code

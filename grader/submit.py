@@ -42,6 +42,8 @@ class ModuleReport:
     stage: str
     file: str | None = None               # the file graded for this stage; None when missing
     problems: list[str] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)   # functions still ending in `raise NotImplementedError`
+    defined: int = 0                      # functions and methods the module defines
 
 
 @dataclass
@@ -67,6 +69,32 @@ def has_stage_modules(folder: Path, names: list[str]) -> bool:
     return any((folder / f"{n}{ext}").is_file() for n in names for ext in (".py", ".ipynb"))
 
 
+def working_copy(folder: Path, names: list[str]) -> Path | None:
+    """The folder holding the stage modules: `folder` itself, or else its one sub-folder that does
+    (run from the bundle's root, that is `assignments/`); None when there is none or several."""
+    if has_stage_modules(folder, names):
+        return folder
+    found = [sub for sub in sorted(folder.iterdir()) if sub.is_dir() and has_stage_modules(sub, names)]
+    return found[0] if len(found) == 1 else None
+
+
+def unfinished_functions(source: str) -> tuple[list[str], int]:
+    """The functions (and methods) whose body still ends in the skeleton's `raise NotImplementedError`,
+    and how many functions the source defines in all."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return [], 0
+    functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    def untouched(node) -> bool:
+        last = node.body[-1]
+        if not isinstance(last, ast.Raise) or last.exc is None:
+            return False
+        exc = last.exc.func if isinstance(last.exc, ast.Call) else last.exc
+        return isinstance(exc, ast.Name) and exc.id == "NotImplementedError"
+    return [n.name for n in functions if untouched(n)], len(functions)
+
+
 def validate(folder: Path, *, import_timeout: float = IMPORT_TIMEOUT) -> Report:
     """Check every stage module in `folder` (nothing is graded); see the module docstring."""
     folder = Path(folder)
@@ -89,6 +117,7 @@ def validate(folder: Path, *, import_timeout: float = IMPORT_TIMEOUT) -> Report:
             continue
         text = _source(folder / entry.file, entry)
         if text is not None:
+            entry.unfinished, entry.defined = unfinished_functions(text)
             texts[stage.name] = text
             if not entry.problems:
                 sources[stage.name] = text
@@ -96,6 +125,10 @@ def validate(folder: Path, *, import_timeout: float = IMPORT_TIMEOUT) -> Report:
     if missing:
         report.warnings.append(f"missing stages (they will score 0): {', '.join(missing)} "
                                f"(neither <stage>.py nor <stage>.ipynb is in {folder})")
+    for entry in report.modules:
+        if entry.unfinished:
+            report.warnings.append(f"{entry.file}: {', '.join(entry.unfinished)} still raise NotImplementedError "
+                                   "(the skeleton's body; their tests will score 0)")
     report.helpers = _helpers(folder, sources, {m.stage for m in report.modules})
     for rel in report.files():
         size = (folder / rel).stat().st_size

@@ -77,6 +77,20 @@ def test_a_missing_dependency_is_named(make_submission):
     assert "bigram.py imports attention, but attention.py is not in your submission" in output
 
 
+def test_printing_past_the_output_limit_is_named(make_submission):
+    """A print loop that passes the worker's 16 MiB file-size limit fails with EFBIG; the feedback
+    names the output limit, not only `OSError: [Errno 27] File too large`."""
+    noisy = replace_function(REFERENCE, "build_vocab", """
+def build_vocab(words):
+    for _ in range(18):
+        print("x" * 2**20, flush=True)
+    return {}, {}
+""")
+    results = graded(make_submission({"bigram.py": noisy}))
+    charged = [out for name, out in failures(results).items() if "build_vocab" in out or "vocab" in name]
+    assert charged and any("File too large" in out and "output limit" in out for out in charged), charged
+
+
 def test_missing_function_costs_only_its_tests(make_submission, reference_results):
     source = REFERENCE[:REFERENCE.index("def nll(")] + REFERENCE[REFERENCE.index("def sample("):]
     results = graded(make_submission({"bigram.py": source}))
@@ -189,10 +203,17 @@ def test_cli_writes_results_and_exits_zero(tmp_path):
     (["grade", "/no/such/path"], "does not exist"),
     (["grade", ".", "--stage", "nope"], "unknown stage 'nope'"),
     (["grade", ".", "--device", "tpu"], "'tpu' is not one of"),
+    # a numeric option out of range is a usage error (exit 2), never a class graded 0 with exit 0
+    (["grade", ".", "--timeout", "0"], "0.0 is not in the range 0<x<=3600"),
+    (["grade", ".", "--timeout", "-1"], "-1.0 is not in the range 0<x<=3600"),
+    (["grade", ".", "--timeout", "nan"], "'nan' is not a number of seconds"),
+    (["grade-all", ".", "--out", "o", "--timeout", "0"], "0.0 is not in the range"),
+    (["grade-all", ".", "--out", "o", "--submission-timeout", "inf"], "inf is not in the range 1<=x<=86400"),
+    (["grade-all", ".", "--out", "o", "--workers", "0"], "0 is not in the range x>=1"),
 ])
-def test_cli_errors_are_one_line(args, message):
-    run = subprocess.run([sys.executable, "-m", "grader", *args], capture_output=True, text=True)
-    assert run.returncode != 0
+def test_cli_errors_are_one_line(args, message, tmp_path):
+    run = subprocess.run([sys.executable, "-m", "grader", *args], capture_output=True, text=True, cwd=tmp_path)
+    assert run.returncode == 2
     assert message in run.stderr and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr
 

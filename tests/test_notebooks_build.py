@@ -66,3 +66,10 @@ def test_a_notebook_of_the_reference_scores_full_marks(tmp_path):
     score, maximum = stage_scores(results)["bigram"]
     assert maximum > 0 and score == maximum, [t["output"] for t in results["tests"] if t["status"] != "passed"]
     assert "bigram.ipynb: graded its exported cells" in results["output"]
+
+
+@pytest.mark.parametrize("stage", stages.discover(), ids=lambda s: s.name)
+def test_the_intro_names_the_module_once(stage):
+    """The intro says `bigram.py`, never `bigram.py.py`."""
+    text = notebook_build.expected_text(stage)
+    assert f"`{stage.name}.py`" in text and ".py.py" not in text

@@ -174,3 +174,14 @@ def test_notebooks_have_a_folder_of_their_own(bundle):
     files = bundle_files(bundle)
     assert "notebooks/bigram.ipynb" in files and "assignments/bigram.py" in files
     assert not [f for f in files if f.startswith("assignments/") and f.endswith(".ipynb")]
+
+
+def test_the_license_is_an_spdx_expression():
+    """setuptools deprecates the `license = {text = ...}` table (builds fail after 2027-02-18);
+    PEP 639's SPDX string needs setuptools >= 77 in the build requirements."""
+    import tomllib
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert config["project"]["license"] == "MIT"
+    [setuptools] = [r for r in config["build-system"]["requires"] if r.startswith("setuptools")]
+    minimum = re.fullmatch(r"setuptools>=(\d+).*", setuptools)
+    assert minimum and int(minimum[1]) >= 77, setuptools

@@ -160,8 +160,27 @@ def test_submit_bad_arguments_are_one_line(tmp_path, correct, capsys, monkeypatc
     def run(*args, cwd):
         return llmgrade_here(*args, cwd=cwd, capsys=capsys, monkeypatch=monkeypatch)
     assert "does not end in .zip" in one_line_error(run("submit", "--out", "x.txt", cwd=correct))
-    assert "no stage module" in one_line_error(run("submit", cwd=tmp_path))
+    (tmp_path / "empty").mkdir()
+    assert "no stage module" in one_line_error(run("submit", cwd=tmp_path / "empty"))
     assert "--frobnicate" in one_line_error(run("submit", "--frobnicate", cwd=correct))
+
+
+def test_submit_from_the_bundle_root_finds_assignments_and_flags_untouched_skeletons(tmp_path):
+    """Run where `check` works (the bundle's root), submit packs `assignments/`; a skeleton that was
+    never edited is "not started", a half-done one says how many functions are left, never "ok"."""
+    work = tmp_path / "assignments"
+    work.mkdir()
+    skeleton = (ROOT / "assignments" / "bigram.py").read_text()
+    (work / "bigram.py").write_text(skeleton)
+    sampling = (ROOT / "assignments" / "sampling.py").read_text()   # apply_temperature is done, the rest not
+    (work / "sampling.py").write_text(sampling.replace("raise NotImplementedError", "return logits / temperature", 1))
+    result = llmgrade("submit", "--out", str(tmp_path / "s.zip"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"your stage modules are in {work.name}" in result.stdout
+    assert "not started" in result.stdout and "functions left" in result.stdout
+    assert "build_vocab" in result.stdout and "still raise NotImplementedError" in result.stdout
+    with zipfile.ZipFile(tmp_path / "s.zip") as zf:
+        assert sorted(zf.namelist()) == ["bigram.py", "sampling.py"]
 
 
 @pytest.mark.parametrize("name", ["check", "submit"])

@@ -17,6 +17,25 @@ DEVICE = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), de
                       show_default=True, help="Run numeric tests on these devices (auto: CPU, and CUDA when present).")
 
 
+class Seconds(click.FloatRange):
+    """A number of seconds in a range; unlike click.FloatRange, NaN is refused (it compares false
+    with every bound, so it would slip through)."""
+    name = "number of seconds"
+
+    def convert(self, value, param, ctx):
+        seconds = super().convert(value, param, ctx)
+        if seconds != seconds:
+            self.fail(f"{value!r} is not a number of seconds.", param, ctx)
+        return seconds
+
+
+# A call needs time to run at all (0 would fail every student with exit 0), and more than an
+# hour per call is a typo for what Gradescope's whole run may take.
+CALL_TIMEOUT = click.option(
+    "--timeout", "call_timeout", type=Seconds(min=0, min_open=True, max=3600), default=10.0,
+    show_default=True, metavar="SECONDS", help="Seconds each call into a submission may take.")
+
+
 ISOLATION = click.option(
     "--isolation", type=click.Choice(["auto", "strict"]), default="auto", show_default=True,
     help="auto: the strongest isolation this machine allows (see `llmgrade doctor`); "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from grader.commands.common import DEVICE, ISOLATION, console, show_results, stage_option
+from grader.commands.common import CALL_TIMEOUT, DEVICE, ISOLATION, console, show_results, stage_option
 from grader.feedback_html import render
 from grader.grade import GradeOptions, grade
 from grader.results import ResultsNotWritten, write
@@ -18,8 +18,7 @@ from grader.results import ResultsNotWritten, write
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("results.json"),
               show_default=True, help="Where to write Gradescope's results.json.")
 @DEVICE
-@click.option("--timeout", "call_timeout", type=float, default=10.0, show_default=True,
-              help="Seconds each call into the submission may take.")
+@CALL_TIMEOUT
 @ISOLATION
 @click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the feedback as one self-contained HTML page.")

@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from grader import gradebook
-from grader.commands.common import DEVICE, ISOLATION, console, stage_option
+from grader.commands.common import CALL_TIMEOUT, Seconds, DEVICE, ISOLATION, console, stage_option
 from grader.grade_all import DEFAULT_SUBMISSION_TIMEOUT, BatchOptions, Outcome, grade_all, parse_shard
 
 
@@ -34,9 +34,8 @@ def _shard(ctx, param, value):
 @click.option("--force", is_flag=True, help="Grade again what already has a valid results.json.")
 @stage_option("Grade only this stage (repeatable). Default: every stage.")
 @DEVICE
-@click.option("--timeout", "call_timeout", type=float, default=10.0, show_default=True,
-              help="Seconds each call into a submission may take.")
-@click.option("--submission-timeout", type=click.FloatRange(min=1), default=DEFAULT_SUBMISSION_TIMEOUT,
+@CALL_TIMEOUT
+@click.option("--submission-timeout", type=Seconds(min=1, max=24 * 3600), default=DEFAULT_SUBMISSION_TIMEOUT,
               show_default=True, help="Seconds one whole submission may take before it is stopped.")
 @ISOLATION
 def command(submissions_dir: Path, out: Path, workers: int, shard: tuple[int, int], force: bool,

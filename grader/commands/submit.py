@@ -33,16 +33,23 @@ def command(path: Path, out: Path, force: bool) -> None:
     if out.suffix.lower() != ".zip":
         raise click.BadParameter(f"{out} does not end in .zip", param_hint="'--out'")
     names = [s.name for s in stages.discover()]
-    if not submitting.has_stage_modules(path, names):
+    found = submitting.working_copy(path, names)
+    if found is None:
         raise click.ClickException(
             f"no stage module in {path} (expected {names[0]}.py, {names[1]}.py, ... or their .ipynb); "
             "run it in your working copy or pass --path")
+    if found != path:
+        console.print(f"your stage modules are in {escape(str(found))}: checking and packing those")
+        path = found
     with console.status("checking your modules (each is imported in a sandbox)..."):
         report = submitting.validate(path)
     table = Table("stage", "file", "status", title="llmgrade submit")
     for entry in report.modules:
         status = ("[yellow]missing[/]" if not entry.file else
-                  "[red]problem[/]" if entry.problems else "[green]ok[/]")
+                  "[red]problem[/]" if entry.problems else
+                  "[yellow]not started[/]" if entry.unfinished and len(entry.unfinished) == entry.defined else
+                  f"[yellow]{len(entry.unfinished)} of {entry.defined} functions left[/]" if entry.unfinished else
+                  "[green]ok[/]")
         table.add_row(entry.stage, escape(entry.file or "-"), status)
     console.print(table)
     for entry in report.modules:
