@@ -13,8 +13,10 @@ submission still runs in a fresh worker forked from that template. A grading
 process that dies or overruns `submission_timeout` is killed with its process
 group and replaced; its submission becomes a results.json with no tests and an
 `extra_data.llmgrade_error`, i.e. one gradebook row with its error, and is graded
-again on the next run. A results.json that is valid, has no such error and covers
-the chosen stages is skipped unless `force`.
+again on the next run. A results.json is skipped (unless `force`) only when it is
+valid, has no such error and records the same grading key: the same submission
+content, hidden tests and grader, and the chosen stages (grader/fingerprint.py);
+otherwise the submission is graded again and its Outcome says why.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Callable
 
 import jsonschema
 
+from grader import fingerprint
 from grader import results as gradescope
 from grader import stages
 
@@ -58,6 +61,7 @@ class Outcome:
     status: str            # graded | skipped | error
     error: str = ""
     seconds: float = 0.0
+    regraded: str = ""     # why an earlier results.json was not kept, when there was one
 
 
 # ---------------------------------------------------------------- finding the work
@@ -112,12 +116,13 @@ def batch_error(results: dict) -> str:
     return str((results.get("extra_data") or {}).get(ERROR_KEY) or "")
 
 
-def already_graded(out: Path, sid: str, stage_names: list[str]) -> bool:
+def why_regrade(out: Path, sid: str, key: dict) -> str | None:
+    """None when DIR/<id>/results.json is still valid for `key`; "" when there is none to keep
+    (never graded, unreadable, or a batch error row); otherwise the reason it is stale."""
     results = load_results(results_path(out, sid))
     if results is None or batch_error(results):
-        return False
-    graded = set(gradescope.stage_scores(results))
-    return all(name in graded for name in stage_names)
+        return ""
+    return fingerprint.why_stale(results, key)
 
 
 # ---------------------------------------------------------------- writing one submission's files
@@ -171,10 +176,11 @@ def _serve(conn, config: dict) -> None:
             return
         if task is None:
             return
-        sid, path = task
+        sid, path, key = task
         started = time.monotonic()
         try:
             results = grade(Path(path), options)
+            results.setdefault("extra_data", {})[fingerprint.KEY] = key
             error = ""
         except Exception as exc:  # noqa: BLE001 -- the row records it; the batch goes on
             error = f"{type(exc).__name__}: {exc}"
@@ -191,10 +197,10 @@ class _Slot:
         self.process = context.Process(target=_serve, args=(child, config), daemon=False)
         self.process.start()
         child.close()
-        self.task: tuple[str, str] | None = None
+        self.task: tuple[str, str, dict] | None = None
         self.started = 0.0
 
-    def send(self, task: tuple[str, str]) -> None:
+    def send(self, task: tuple[str, str, dict]) -> None:
         self.conn.send(task)
         self.task, self.started = task, time.monotonic()
 
@@ -237,9 +243,11 @@ def grade_all(submissions_dir: Path, out: Path, options: BatchOptions,
     out.mkdir(parents=True, exist_ok=True)
     found = find_submissions(submissions_dir)
     ids = take_shard(list(found), options.shard)
-    chosen = [s.name for s in stages.select(options.stage_names)]
+    chosen = stages.select(options.stage_names)
+    tests_hash = fingerprint.tests_hash(chosen)   # once: the same for every submission
     outcomes: dict[str, Outcome] = {}
-    todo: list[tuple[str, str]] = []
+    reasons: dict[str, str] = {}
+    todo: list[tuple[str, str, dict]] = []
     for sid in ids:
         paths = found[sid]
         if len(paths) > 1:
@@ -247,12 +255,17 @@ def grade_all(submissions_dir: Path, out: Path, options: BatchOptions,
             message = f"two submissions for {sid}: {names}; keep one"
             write_outputs(out, sid, error_results(message))
             outcomes[sid] = Outcome(sid, "error", message)
-        elif not options.force and already_graded(out, sid, chosen):
+            continue
+        key = {"submission": fingerprint.submission_hash(paths[0]), "tests": tests_hash,
+               "stages": sorted(s.name for s in chosen)}
+        reason = "" if options.force else why_regrade(out, sid, key)
+        if reason is None:
             if not (out / sid / "feedback.html").exists():
                 write_outputs(out, sid, load_results(results_path(out, sid)))
             outcomes[sid] = Outcome(sid, "skipped")
         else:
-            todo.append((sid, str(paths[0])))
+            reasons[sid] = reason
+            todo.append((sid, str(paths[0]), key))
     if on_start:
         errors = sum(o.status == "error" for o in outcomes.values())
         on_start(len(todo) + errors, len(outcomes) - errors)
@@ -260,13 +273,14 @@ def grade_all(submissions_dir: Path, out: Path, options: BatchOptions,
         if progress and outcome.status == "error":
             progress(outcome)
     for outcome in _run(todo, out, submissions_dir, options):
+        outcome.regraded = reasons.get(outcome.id, "")
         outcomes[outcome.id] = outcome
         if progress:
             progress(outcome)
     return [outcomes[sid] for sid in sorted(outcomes)]
 
 
-def _run(todo: list[tuple[str, str]], out: Path, submissions_dir: Path, options: BatchOptions):
+def _run(todo: list[tuple[str, str, dict]], out: Path, submissions_dir: Path, options: BatchOptions):
     """Yield an Outcome per task as the grading processes finish them."""
     if not todo:
         return

@@ -7,6 +7,7 @@ expected; a re-run skips; shards 1/2 + 2/2 merged equal the unsharded gradebook.
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -71,16 +72,25 @@ def test_every_submission_is_one_row(batch):
 
 
 def test_rerun_skips_what_is_graded_unless_forced(batch):
+    """Skipped only when the same content was graded by the same tests: a touched file is skipped,
+    a resubmission (changed content) is graded again and the run says why."""
     subs, out, _ = batch
     before = (out / "ada/results.json").stat().st_mtime_ns
+    os.utime(subs / "ada/bigram.py")                     # touched, not changed: still skipped
     (out / "bob/results.json").write_text("{not json")   # a broken result is graded again
     (out / "carl/feedback.html").unlink()                # a missing page is rewritten
+    (subs / "eve/bigram.py").write_text("import os\nos._exit(4)\n")   # resubmitted
     run = grade_all(subs, out, "--workers", "2")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "1 graded, 4 skipped" in run.stdout
+    assert "2 graded, 3 skipped" in run.stdout
+    assert "graded again, the submission changed since it was graded: eve" in run.stdout
     assert (out / "ada/results.json").stat().st_mtime_ns == before
     assert json.loads((out / "bob/results.json").read_text())["score"] > 0
+    assert "exit code 4" in (out / "eve/results.json").read_text()
     assert (out / "carl/feedback.html").exists()
+    (subs / "eve/bigram.py").write_text("import os\nos._exit(3)\n")   # as the other tests expect it
+    again = grade_all(subs, out)
+    assert "1 graded, 4 skipped" in again.stdout and "graded again, the submission changed" in again.stdout
 
 
 def test_shards_merge_into_the_same_gradebook(batch, tmp_path):
@@ -172,3 +182,39 @@ def test_bad_arguments_are_one_clear_line(tmp_path, capsys, monkeypatch, args, w
 def test_help_shows_an_example(capsys, monkeypatch, command):
     code, out, _ = main_in_process([command, "--help"], capsys, monkeypatch)
     assert code == 0 and f"Example: llmgrade {command}" in out
+
+
+def test_the_grading_key_follows_content_tests_and_stages(tmp_path, monkeypatch):
+    """Same files zipped again (new timestamps) keep their hash; a changed hidden test, a changed
+    file or a stage not graded before each make a results.json stale, with its reason."""
+    import time as clock
+
+    from grader import fingerprint, stages
+
+    one, two = tmp_path / "one.zip", tmp_path / "two.zip"
+    for path in (one, two):
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr(zipfile.ZipInfo("bigram.py", clock.localtime(clock.time() + 120 * (path == two))[:6]),
+                             "x = 1\n")
+    assert one.read_bytes() != two.read_bytes()
+    assert fingerprint.submission_hash(one) == fingerprint.submission_hash(two)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub/bigram.py").write_text("x = 1\n")
+    (tmp_path / "sub/__pycache__").mkdir()
+    (tmp_path / "sub/__pycache__/bigram.pyc").write_bytes(b"\0")   # not part of the content
+    bigram = stages.select(["bigram"])
+    key = fingerprint.grading_key(tmp_path / "sub", bigram)
+    results = {"extra_data": {fingerprint.KEY: key}}
+    assert fingerprint.why_stale(results, key) is None
+    (tmp_path / "sub/bigram.py").write_text("x = 2\n")
+    assert "submission changed" in fingerprint.why_stale(results, fingerprint.grading_key(tmp_path / "sub", bigram))
+    assert "not graded for sampling" in fingerprint.why_stale(
+        results, key | {"stages": ["bigram", "sampling"]})
+    assert "no grading key" in fingerprint.why_stale({}, key)
+    copy = tmp_path / "course"
+    shutil.copytree(ROOT / "autograder_tests" / "bigram", copy / "autograder_tests" / "bigram")
+    [moved] = stages.select(["bigram"], ROOT)
+    monkeypatch.setattr(type(moved), "hidden_tests", property(lambda s: copy / "autograder_tests" / s.name))
+    before = fingerprint.tests_hash([moved])
+    (copy / "autograder_tests/bigram/test_bigram.py").write_text("# changed\n", encoding="utf-8")
+    assert fingerprint.tests_hash([moved]) != before

@@ -79,6 +79,13 @@ def command(submissions_dir: Path, out: Path, workers: int, shard: tuple[int, in
     target = out / ("gradebook.csv" if n == 1 else f"gradebook-shard-{i}-of-{n}.csv")
     rows, _ = gradebook.collect([out], only={o.id for o in outcomes})
     gradebook.write(rows, target)
+    regraded: dict[str, list[str]] = {}
+    for outcome in outcomes:
+        if outcome.regraded:
+            regraded.setdefault(outcome.regraded, []).append(outcome.id)
+    for reason, ids in regraded.items():
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        console.print(f"graded again, {escape(reason)}: {escape(shown)}", soft_wrap=True)
     counts = {status: sum(o.status == status for o in outcomes) for status in ("graded", "skipped", "error")}
     console.print(f"{len(outcomes)} submissions: {counts['graded']} graded, {counts['skipped']} skipped, "
                   f"{counts['error']} could not be graded; gradebook written to {target}")
