@@ -2,6 +2,7 @@
 expected values come from, its known mistakes, and the check that names them.
 """
 
+import contextlib
 import math
 
 import torch
@@ -154,6 +155,22 @@ def sdpa_note(student, device, causal: bool) -> str | None:
         return (f"your scaled_dot_product_attention differs from the contract's ({str(exc).splitlines()[0]}), "
                 f"charged by '{SDPA_TEST.format(causal=causal)}'")
     return None
+
+
+@contextlib.contextmanager
+def sdpa_blamed(student, device, causal: bool):
+    """Around calls of the student's MultiHeadAttention: when one raises and their own
+    scaled_dot_product_attention fails its check (say it returns only the output, which their
+    forward then unpacks), the feedback names that mistake and the test charging it."""
+    from grader.remote import StudentCodeError
+
+    try:
+        yield
+    except StudentCodeError as exc:
+        note = None if exc.is_a("NotImplementedError") else sdpa_note(student, device, causal)
+        if note is None:
+            raise
+        raise CheckFailure(f"{exc}\n(note: {note}; your MultiHeadAttention uses it, so fix that first)") from None
 
 
 def _heads(t, H):

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from attention_checks import expect_mha, mha_own_sdpa, sdpa_note
+from attention_checks import expect_mha, mha_own_sdpa, sdpa_blamed, sdpa_note
 from grader.checks import CheckFailure, expect_close, expect_equal, expect_raises, tensor_mismatch, tolerance
 from grader.remote import backward
 
@@ -144,7 +144,9 @@ def test_mha_output(student, device, config, causal):
     x = randn(2, 6, d_model, seed=3).to(device)
     module = student_mha(student, d_model, n_heads, sd, device, bias=bias)
     expected, mistakes = expected_and_mistakes(sd, x, n_heads, causal, device)
-    expect_mha(module(x, causal=causal), expected, mistakes=mistakes, student=student, sd=sd, x=x,
+    with sdpa_blamed(student, device, causal):
+        got = module(x, causal=causal)
+    expect_mha(got, expected, mistakes=mistakes, student=student, sd=sd, x=x,
                n_heads=n_heads, causal=causal, device=device,
                what=f"MultiHeadAttention({d_model}, {n_heads}, bias={bias})(x, causal={causal})")
 
@@ -155,7 +157,9 @@ def test_mha_default_causal_train_mode(student, device):
     x = randn(3, 5, 16, seed=5).to(device)
     module = student_mha(student, 16, 4, sd, device, eval_mode=False)
     expected, mistakes = expected_and_mistakes(sd, x, 4, True, device)
-    expect_mha(module(x), expected, mistakes=mistakes, what="MultiHeadAttention(16, 4)(x) in training mode",
+    with sdpa_blamed(student, device, True):
+        got = module(x)
+    expect_mha(got, expected, mistakes=mistakes, what="MultiHeadAttention(16, 4)(x) in training mode",
                student=student, sd=sd, x=x, n_heads=4, causal=True, device=device)
 
 
@@ -171,12 +175,13 @@ def test_mha_defaults(student, device):
     module.train()   # dropout defaults to 0.0: training mode changes nothing
     x = randn(2, 5, 16, seed=16).to(device)
     expected, mistakes = expected_and_mistakes(sd, x, 4, True, device)
-    first, second = module(x), module(x)
+    with sdpa_blamed(student, device, True):
+        first, second, third = module(x), module(x), module(x, causal=True)
     if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor) and first.shape == second.shape \
             and not torch.equal(first, second):
         raise CheckFailure("MultiHeadAttention(16, 4) in training mode: two calls gave different outputs, so "
                            "dropout is on although the dropout argument defaults to 0.0")
-    for call, got in (("(x)", first), ("(x, causal=True)", module(x, causal=True))):
+    for call, got in (("(x)", first), ("(x, causal=True)", third)):
         expect_mha(got, expected, mistakes=mistakes, student=student, sd=sd, x=x, n_heads=4, causal=True,
                    device=device, what=f"MultiHeadAttention(16, 4){call} in training mode")
 
@@ -189,7 +194,8 @@ def test_mha_is_causal(student, device):
     x2 = x.clone()
     x2[:, 5:] = randn(2, 3, 16, seed=8).to(device)
     module = student_mha(student, 16, 4, sd, device)
-    first, second = module(x, causal=True), module(x2, causal=True)
+    with sdpa_blamed(student, device, True):
+        first, second = module(x, causal=True), module(x2, causal=True)
     changed = (first[:, :5] - second[:, :5]).abs().amax(dim=(0, 2))
     # Within the tolerance: masked weights tiny but not exactly 0, charged by the sdpa tests.
     if (changed > tolerance(first.dtype, device)[0]).any():
@@ -197,9 +203,13 @@ def test_mha_is_causal(student, device):
                 student, sd, ((first, x), (second, x2))):
             return   # the leak is your scaled_dot_product_attention's, charged by its tests
         t = int(changed.argmax())
-        raise CheckFailure(f"the output at position {t} changed by {changed[t].item():.3g} when only tokens "
-                           "5..7 changed: a position sees the future. With causal=True, position t may "
-                           "attend positions <= t only")
+        leak = (f"the output at position {t} changed by {changed[t].item():.3g} when only tokens 5..7 changed: "
+                "a position sees the future")
+        # A mistake that mixes positions (heads split or merged the wrong way) leaks too: name it.
+        for description, make in mha_mistakes(sd, x, 4, True).items():
+            if tensor_mismatch(first, make().to(dtype=torch.float32, device=device)) is None:
+                raise CheckFailure(f"{leak}: looks like {description}")
+        raise CheckFailure(f"{leak}. With causal=True, position t may attend positions <= t only")
 
 
 def own_sdpa_matches(student, sd, pairs) -> bool:
@@ -220,7 +230,8 @@ def test_mha_gradients(student, reference, device, causal):
     x = randn(2, 5, 16, seed=10).to(device).requires_grad_(True)
     grad_out = randn(2, 5, 16, seed=11).to(device)
     module = student_mha(student, 16, 4, sd, device)
-    got = backward(module, x, causal=causal, grad_output=grad_out)
+    with sdpa_blamed(student, device, causal):
+        got = backward(module, x, causal=causal, grad_output=grad_out)
     ref = reference.MultiHeadAttention(16, 4).double()
     ref.load_state_dict({name: t.double() for name, t in sd.items()})
     ref.eval()
@@ -247,9 +258,13 @@ def test_mha_gradients(student, reference, device, causal):
                 pass
     labels = {"value": f"the output of MultiHeadAttention(16, 4)(x, causal={causal})",
               "x": "the gradient with respect to x"}
+    # The output is compared first: a known mistake in the forward is named there.
+    mistakes = {"value": {d: (lambda f=f: f().to(dtype=torch.float32, device=device))
+                          for d, f in mha_mistakes(sd, x, 4, causal).items()}}
     for name, want in expected.items():
         try:
-            expect_close(actual[name], want, what=labels.get(name, f"the gradient of {name}"))
+            expect_close(actual[name], want, what=labels.get(name, f"the gradient of {name}"),
+                         mistakes=mistakes.get(name))
         except CheckFailure as exc:
             if note is None:
                 raise
@@ -266,7 +281,8 @@ def test_mha_dropout_off_in_eval(student, device):
     x = randn(2, 6, 16, seed=13).to(device)
     module = student_mha(student, 16, 4, sd, device, dropout=0.5)
     expected, mistakes = expected_and_mistakes(sd, x, 4, True, device)
-    first, second = module(x, causal=True), module(x, causal=True)   # the default is test_mha_defaults's
+    with sdpa_blamed(student, device, True):
+        first, second = module(x, causal=True), module(x, causal=True)   # the default is test_mha_defaults's
     if isinstance(first, torch.Tensor) and isinstance(second, torch.Tensor) and first.shape == second.shape \
             and not torch.equal(first, second):
         raise CheckFailure("two calls in eval mode with dropout=0.5 gave different outputs: dropout is applied "
@@ -287,7 +303,8 @@ def test_mha_dropout_in_training(student, device):
           "out.weight": torch.eye(C), "out.bias": torch.zeros(C)}
     x = randn(4, T, C, seed=14).to(device)
     module = student_mha(student, C, 4, sd, device, dropout=0.5, eval_mode=False)
-    y = module(x, causal=False)
+    with sdpa_blamed(student, device, False):
+        y = module(x, causal=False)
     if not isinstance(y, torch.Tensor) or tuple(y.shape) != (4, T, C):
         raise CheckFailure(f"expected a tensor of shape (4, {T}, {C}), got {getattr(y, 'shape', y)}")
     y = y.detach().cpu().double()

@@ -59,7 +59,10 @@ def vocab_mistakes(words):
 def probs_mistakes(counts, smoothing):
     c = counts.double().cpu()
     V = c.shape[0]
-    col = (c + smoothing) / (c + smoothing).sum(0, keepdim=True)
+    # A column summing to 0 (possible with smoothing 0) becomes uniform: the contract's rule for a
+    # zero row, applied along the wrong dim, as code with this mistake does.
+    col_totals = (c + smoothing).sum(0, keepdim=True)
+    col = torch.where(col_totals > 0, (c + smoothing) / col_totals.clamp_min(1e-300), torch.full_like(c, 1 / V))
     late = c / c.sum(1, keepdim=True).clamp_min(1) + smoothing
     return {
         "columns are normalised instead of rows (each ROW must sum to 1)": col.float().to(counts.device),

@@ -22,9 +22,13 @@ def int64(values, device: str) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.int64, device=device)
 
 
-def student_module(student, cls: str, rows: int, d_model: int, weight: torch.Tensor, device: str):
-    """The student's `cls`(rows, d_model) holding `weight`, moved to `device`."""
+def student_module(student, cls: str, rows: int, d_model: int, weight: torch.Tensor, device: str,
+                   double: bool = False):
+    """The student's `cls`(rows, d_model) holding `weight`, moved to `device` (after .double()
+    when `double`, before loading a float64 `weight`)."""
     module = getattr(student.embeddings, cls)(rows, d_model)
+    if double:
+        module.double()
     try:
         module.load_state_dict({"weight": weight})
     except StudentCodeError as exc:
@@ -84,9 +88,12 @@ def cosine_atol(d: int, dtype: torch.dtype = torch.float32) -> float:
 def cosine_mistakes(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> dict:
     a64, b64 = a.double(), b.double()
     cos = (a64 * b64).sum(-1) / (a64.norm(dim=-1) * b64.norm(dim=-1))
+    # Norms clamped to eps over dim 0, as the contract clamps them over the last dim: the same on
+    # nonzero vectors, and a zero vector then gives 0 rather than NaN, as that mistake's code does.
+    norm0 = lambda t: t.norm(dim=0).clamp_min(1e-8)  # noqa: E731
     return {
         "the similarity is taken over dim 0; it must be over the LAST dim":
-            lambda: ((a64 * b64).sum(0) / (a64.norm(dim=0) * b64.norm(dim=0))).to(dtype),
+            lambda: ((a64 * b64).sum(0) / (norm0(a64) * norm0(b64))).to(dtype),
         "the vectors are not normalised (that is the dot product)": lambda: (a64 * b64).sum(-1).to(dtype),
         "the result is 1 - cosine (the cosine distance)": lambda: (1 - cos).to(dtype),
         "the norms are squared (divide by ||a|| * ||b||, not ||a||^2 * ||b||^2)":

@@ -107,10 +107,7 @@ def test_token_lookup(student, reference, device, case):
 def test_token_lookup_float64(student, reference, device):
     """TokenEmbedding after .double() returns float64 rows"""
     weight = randn(10, 4, seed=2, device="cpu", dtype=torch.float64)
-    module = getattr(student.embeddings, "TokenEmbedding")(10, 4)
-    module.double()
-    module.load_state_dict({"weight": weight})
-    module.to(device)
+    module = student_module(student, "TokenEmbedding", 10, 4, weight, device, double=True)
     ids = int64([[3, 1, 4], [1, 5, 9]], device)
     expect_close(module(ids), weight.to(device)[ids],
                  what="TokenEmbedding(10, 4).double()(ids) (the output has the weight's dtype)")

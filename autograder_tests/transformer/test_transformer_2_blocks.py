@@ -11,7 +11,7 @@ import torch
 from grader.checks import CheckFailure, expect_close, tensor_mismatch
 from grader.remote import backward
 from transformer_checks import (ACTIVATIONS, D_MODEL, HEADS, block_mistakes, build_reference, expect_keys,
-                                expect_param_grads, ffn_with, float64_copy, randn, reference_backward,
+                                expect_param_grads, ffn_with, float64_copy, own_width, randn, reference_backward,
                                 student_like)
 from transformer_parts import (FFN_PARTS, block_grads, block_mistakes_of, check_gelu, compose_block, expect_close_ecf,
                                expect_grads_ecf, once, upstream_notes)
@@ -28,7 +28,8 @@ def test_ffn_parameters(student, reference, case):
     """{case} has fc and proj with the contract's shapes"""
     args, kwargs = FFN_CASES[case]
     expected = reference.FeedForward(*args, **kwargs).state_dict()
-    expect_keys(student.transformer.FeedForward(*args, **kwargs).state_dict(), expected, case)
+    module = student.transformer.FeedForward(*args, **kwargs)
+    expect_keys(module.state_dict(), expected, case, module)
 
 
 def test_ffn_explicit_defaults(student, reference, device):
@@ -118,9 +119,11 @@ def test_ffn_dropout(student, reference, device):
 @pytest.mark.parametrize("d_ff", [None, 48])
 def test_block_parameters(student, reference, d_ff):
     """TransformerBlock(32, 4, d_ff={d_ff}) has ln1, attn, ln2 and ffn with the contract's keys"""
-    expected = reference.TransformerBlock(D_MODEL, HEADS, d_ff).state_dict()
-    expect_keys(student.transformer.TransformerBlock(D_MODEL, HEADS, d_ff).state_dict(), expected,
-                f"TransformerBlock({D_MODEL}, {HEADS}, d_ff={d_ff})")
+    # ffn's width is that of your own FeedForward(32, d_ff): one that ignores d_ff is charged by test_ffn_*.
+    width = own_width(student, "FeedForward", D_MODEL, key="fc.weight", d_ff=d_ff)
+    expected = reference.TransformerBlock(D_MODEL, HEADS, width).state_dict()
+    module = student.transformer.TransformerBlock(D_MODEL, HEADS, d_ff)
+    expect_keys(module.state_dict(), expected, f"TransformerBlock({D_MODEL}, {HEADS}, d_ff={d_ff})", module)
 
 
 def student_block(student, reference, device, seed, **kwargs):
@@ -152,7 +155,11 @@ def test_block_forward(student, reference, device, causal):
 @pytest.mark.points(3)
 def test_block_backward(student, reference, device):
     """TransformerBlock gradients: the input and every parameter"""
-    module, ref, what = student_block(student, reference, device, seed=32, d_ff=48)
+    what = f"TransformerBlock({D_MODEL}, {HEADS}, d_ff=48)"
+    # The reference's ffn has the width of your own FeedForward(32, 48) (a wrong one is charged by test_ffn_*).
+    ref = build_reference(reference, "TransformerBlock", D_MODEL, HEADS, seed=32,
+                          d_ff=own_width(student, "FeedForward", D_MODEL, key="fc.weight", d_ff=48))
+    module = student_like(student, ref, "TransformerBlock", D_MODEL, HEADS, device=device, what=what, d_ff=48)
     x = randn(2, 6, D_MODEL, seed=33, device=device)
     g = randn(2, 6, D_MODEL, seed=34, device=device)
     result = backward(module, x.clone().requires_grad_(), grad_output=g)
@@ -165,7 +172,7 @@ def test_block_backward(student, reference, device):
                      own_mistakes=block_mistakes_of(module, x))
     expect_close_ecf(result.input_grads[0] if result.input_grads else None, input_grads[0],
                      what=f"the gradient of {what}(x) with respect to x", notes=notes, own=lambda: own()[0])
-    expect_grads_ecf(result.param_grads, param_grads, what, notes=notes, own=lambda: own()[1])
+    expect_grads_ecf(result.param_grads, param_grads, what, notes=notes, own=lambda: own()[1], module=module)
 
 
 @pytest.mark.points(2)

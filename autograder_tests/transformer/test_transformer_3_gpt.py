@@ -13,8 +13,9 @@ from grader.banned import expect_no_banned_apis
 from grader.checks import CheckFailure, expect_close, expect_raises, expect_scalar, reduction_atol
 from grader.remote import StudentCodeError, backward
 from transformer_checks import (BLOCK, D_MODEL, HEADS, LAYERS, VOCAB, build_reference, expect_keys,
-                                float64_copy, gpt_mistakes, loss_mistakes, randn,
-                                reference_backward, student_like, tied_names, token_ids)
+                                float64_copy, gpt_grad_mistakes, gpt_mistakes, key_hints, loss_mistakes,
+                                own_width, plain_tensors, randn, reference_backward, student_like, tied_names,
+                                token_ids)
 from transformer_parts import GPT_PARTS, compose_gpt, expect_close_ecf, expect_grads_ecf, gpt_grads, \
     gpt_mistakes_of, upstream_notes
 
@@ -55,9 +56,13 @@ def test_gpt_state_dict(student, reference, tie_weights):
     """GPT(50, 16, 32, 2, 4, tie_weights={tie_weights}) has the contract's state-dict keys and shapes"""
     expected = reference.GPT(*CONFIG, tie_weights=tie_weights).state_dict()
     model = student.transformer.GPT(*CONFIG, tie_weights=tie_weights)
-    expect_keys(model.state_dict(), expected, f"{NAME[:-1]}, tie_weights={tie_weights})")
-    expected = reference.GPT(*CONFIG, d_ff=48).state_dict()
-    expect_keys(student.transformer.GPT(*CONFIG, d_ff=48).state_dict(), expected, f"{NAME[:-1]}, d_ff=48)")
+    expect_keys(model.state_dict(), expected, f"{NAME[:-1]}, tie_weights={tie_weights})", model)
+    # The blocks' ffn has the width of your own TransformerBlock(32, 4, 48) (charged by test_block_* and
+    # test_ffn_* when d_ff is ignored there).
+    width = own_width(student, "TransformerBlock", D_MODEL, HEADS, key="ffn.fc.weight", d_ff=48)
+    expected = reference.GPT(*CONFIG, d_ff=width).state_dict()
+    model = student.transformer.GPT(*CONFIG, d_ff=48)
+    expect_keys(model.state_dict(), expected, f"{NAME[:-1]}, d_ff=48)", model)
 
 
 @pytest.mark.points(2)
@@ -79,8 +84,11 @@ def test_gpt_parameters(student, reference):
         raise CheckFailure(f"{what}: lm_head has a bias ({count:,} parameters instead of 27,584): "
                            "build it as nn.Linear(d_model, vocab_size, bias=False)")
     if names != set(expected):
-        raise CheckFailure(f"{what}: missing {sorted(set(expected) - names)[:6]}, unexpected "
-                           f"{sorted(names - set(expected))[:6]} (every parameter must be used in forward)")
+        missing, extra = set(expected) - names, names - set(expected)
+        # The same reasons as a state dict's missing keys: plain tensors, a plain list of blocks, ...
+        hint = "; ".join(key_hints(missing, extra, plain_tensors(model, missing)) if missing else
+                         ["every parameter must be used in forward"])
+        raise CheckFailure(f"{what}: missing {sorted(missing)[:6]}, unexpected {sorted(extra)[:6]}\n({hint})")
 
 
 @pytest.mark.points(3)
@@ -166,14 +174,17 @@ def test_gpt_backward(student, reference, device):
         ref64.lm_head = untied
     _, _, split = reference_backward(ref64, idx, targets, output_index=1)
     ref64.lm_head = head
+    # The known forward and loss mistakes, as gradients (their values are charged by test_gpt_forward
+    # and test_gpt_loss too: a wrong loss has wrong gradients, and this test says which mistake).
+    mistakes = gpt_grad_mistakes(ref64, idx, targets, torch.float32)
+    mistakes["tok_emb.weight"] = {
+        "the tied weight gets only the embedding's gradient: lm_head must use the same Parameter":
+            split["tok_emb.weight"],
+        "the tied weight gets only lm_head's gradient: the embedding must use the same Parameter":
+            split["lm_head.weight"]} | mistakes["tok_emb.weight"]
     expect_grads_ecf(result.param_grads, expected, f"{what}(idx, targets) loss.backward()",
                      notes=lambda: upstream_notes(student, reference, device, GPT_PARTS),
-                     own=lambda: gpt_grads(model, idx, targets, LAYERS, tied=True), mistakes={
-        "tok_emb.weight": {
-            "the tied weight gets only the embedding's gradient: lm_head must use the same Parameter":
-                split["tok_emb.weight"],
-            "the tied weight gets only lm_head's gradient: the embedding must use the same Parameter":
-                split["lm_head.weight"]}})
+                     own=lambda: gpt_grads(model, idx, targets, LAYERS, tied=True), mistakes=mistakes, module=model)
 
 
 @pytest.mark.points(2)

@@ -16,10 +16,17 @@ import torch
 from torch.nn import functional as F
 
 from grader.checks import CheckFailure, expect_close
+from grader.hints import add_hint
 from grader.remote import backward
 
 # The hidden tests' GPT: small, so that every call finishes in milliseconds.
 VOCAB, BLOCK, D_MODEL, LAYERS, HEADS = 50, 16, 32, 2, 4
+
+# In this stage a tensor left on the CPU is most often a module attribute that is not an nn.Parameter
+# (LayerNorm's weight = torch.ones(d)): .to(device) moves parameters and buffers only.
+add_hint(r"Expected all tensors to be on the same device",
+         "a tensor is on another device: a tensor attribute that is not an nn.Parameter (or a buffer) stays "
+         "on the CPU when the module is moved with .to(device), and a new tensor needs device=x.device")
 
 
 def randn(*shape, seed: int, device: str = "cpu", dtype=torch.float32, scale: float = 1.0,
@@ -57,8 +64,37 @@ def float64_copy(module, device: str):
     return copy.deepcopy(module).double().to(device).eval()
 
 
-def key_hints(missing: set[str], extra: set[str]) -> list[str]:
-    hints = []
+def plain_tensors(module, names) -> dict:
+    """{name: value} for the state-dict names (e.g. "blocks.0.ln1.weight") that `module` holds as
+    plain tensor attributes, read back as data: a tensor attribute missing from state_dict is
+    neither an nn.Parameter nor a buffer (the classic `self.weight = torch.ones(d)`)."""
+    found, objects = {}, {"": module}
+    for name in sorted(names):
+        prefix, obj = "", module
+        try:
+            for part in name.split("."):
+                prefix = f"{prefix}.{part}" if prefix else part
+                if prefix not in objects:   # one request per attribute, shared by sibling names
+                    objects[prefix] = getattr(obj, part)
+                obj = objects[prefix]
+        except Exception:  # noqa: BLE001 -- no such attribute (or a plain list): not a plain tensor
+            continue
+        if isinstance(obj, torch.Tensor):
+            found[name] = obj
+    return found
+
+
+def plain_hint(names) -> str:
+    shown = ", ".join(sorted(names)[:4]) + (", ..." if len(names) > 4 else "")
+    one = len(names) == 1
+    return (f"{shown} {'is a plain tensor, not an nn.Parameter' if one else 'are plain tensors, not nn.Parameters'}: "
+            f"wrap {'it' if one else 'each'} in nn.Parameter(...) so that it is trained, saved in state_dict and "
+            "moved by .to()")
+
+
+def key_hints(missing: set[str], extra: set[str], plain=()) -> list[str]:
+    hints = [plain_hint(plain)] if plain else []
+    missing = set(missing) - set(plain)   # what the plain tensors explain needs no other hint
     if "lm_head.bias" in extra:
         hints.append("lm_head has a bias: build it as nn.Linear(d_model, vocab_size, bias=False)")
     if "lm_head.weight" in missing:
@@ -69,6 +105,7 @@ def key_hints(missing: set[str], extra: set[str]) -> list[str]:
     if any(k.startswith("blocks.") for k in missing) and not any(k.startswith("blocks.") for k in extra):
         hints.append("the blocks must sit in an nn.ModuleList named blocks (a plain list hides "
                      "their weights from the model)")
+        missing = {k for k in missing if not k.startswith("blocks.")}
     if any(k.endswith(".bias") for k in missing) and not extra:
         hints.append("a bias is missing (LayerNorm and the Linear layers have one by default)")
     if not hints:
@@ -77,8 +114,21 @@ def key_hints(missing: set[str], extra: set[str]) -> list[str]:
     return hints
 
 
-def expect_keys(state: dict, expected: dict, what: str) -> None:
-    """The student's state dict has exactly the reference's keys and shapes."""
+def shape_hint(key: str, expected: tuple, got: tuple) -> str:
+    """Why a FeedForward weight has the wrong shape, when it is the known mistake."""
+    if key.endswith("fc.weight") and len(got) == 2 and got == (4 * got[1], got[1]) and expected[0] != got[0]:
+        hidden = f"4 * d_model = {got[0]}"
+    elif key.endswith("proj.weight") and len(got) == 2 and got == (got[0], 4 * got[0]) and expected[1] != got[1]:
+        hidden = f"4 * d_model = {got[1]}"
+    else:
+        return ""
+    d_ff = expected[0] if key.endswith("fc.weight") else expected[1]
+    return f"\n(looks like d_ff is ignored: {hidden} hidden units are used instead of d_ff = {d_ff})"
+
+
+def expect_keys(state: dict, expected: dict, what: str, module=None) -> None:
+    """The student's state dict has exactly the reference's keys and shapes (`module`, when given,
+    is asked whether a missing key is held as a plain tensor, to say so)."""
     if not isinstance(state, dict):
         raise CheckFailure(f"{what}.state_dict(): expected a dict, got a {type(state).__name__}")
     missing, extra = set(expected) - set(state), set(state) - set(expected)
@@ -88,25 +138,50 @@ def expect_keys(state: dict, expected: dict, what: str) -> None:
             parts.append(f"missing keys {sorted(missing)[:6]}")
         if extra:
             parts.append(f"unexpected keys {sorted(extra)[:6]}")
-        hint = "; ".join(key_hints(missing, extra))
+        plain = plain_tensors(module, missing) if module is not None and missing else {}
+        hint = "; ".join(key_hints(missing, extra, plain))
         raise CheckFailure(f"{what}.state_dict(): {', '.join(parts)}\n({hint})")
     for key, value in expected.items():
         got = state[key]
         if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(value.shape):
             shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
+            hint = shape_hint(key, tuple(value.shape), shape) if isinstance(shape, tuple) else ""
             raise CheckFailure(f"{what}.state_dict()[{key!r}]: expected shape {tuple(value.shape)}, "
-                               f"got {shape}")
+                               f"got {shape}{hint}")
+
+
+def own_width(student, cls: str, *args, key: str, d_ff: int | None) -> int | None:
+    """The hidden width (rows of `key`, e.g. "ffn.fc.weight") of the student's own `cls`(*args, d_ff),
+    else `d_ff`. Error carried forward: a FeedForward (or block) that ignores d_ff is charged by its own
+    tests, and a test of the whole builds its reference with the width the student's part has."""
+    try:
+        shape = tuple(getattr(student.transformer, cls)(*args, d_ff).state_dict()[key].shape)
+    except Exception:  # noqa: BLE001 -- a part that cannot be built is charged by its own tests
+        return d_ff
+    return shape[0] if len(shape) == 2 else d_ff
 
 
 def student_like(student, ref, cls: str, *args, device: str, what: str, dtype=torch.float32, **kwargs):
     """The student's `cls`(*args, **kwargs) holding the reference's weights, on `device`, in eval mode
-    (converted with .double() first when `dtype` is float64)."""
+    (converted with .double() first when `dtype` is float64).
+
+    Error carried forward: a LayerNorm weight or bias kept as a plain tensor cannot be loaded; it is
+    charged by the parameter, state-dict and gradient tests, and here `ref` takes the student's own
+    values of those tensors instead, so that the value tests judge the rest."""
     module = getattr(student.transformer, cls)(*args, **kwargs)
     if dtype == torch.float64:
         module.double()
     expected = ref.state_dict()
-    expect_keys(module.state_dict(), expected, what)
-    module.load_state_dict(expected)
+    state = module.state_dict()
+    plain = plain_tensors(module, set(expected) - set(state)) if isinstance(state, dict) else {}
+    expect_keys({**state, **plain} if plain else state, expected, what)
+    if plain and torch.device(device).type != "cpu":
+        raise CheckFailure(f"{what}: {plain_hint(plain)}; .to({device!r}) leaves a plain tensor on the CPU, "
+                           "so the module cannot run there")
+    module.load_state_dict({k: v for k, v in expected.items() if k not in plain}, strict=not plain)
+    if plain:
+        with torch.no_grad():
+            ref.load_state_dict({k: v.to(expected[k].dtype) for k, v in plain.items()}, strict=False)
     module.to(device)
     module.eval()
     return module
@@ -122,8 +197,9 @@ def tied_names(names) -> set[str]:
     return names
 
 
-def expect_param_grads(got: dict, expected: dict, what: str, mistakes: dict | None = None) -> None:
-    """Each parameter's gradient (by name) matches; `mistakes` maps a name to {description: grad}."""
+def expect_param_grads(got: dict, expected: dict, what: str, mistakes: dict | None = None, module=None) -> None:
+    """Each parameter's gradient (by name) matches; `mistakes` maps a name to {description: grad};
+    `module`, when given, is asked whether a missing parameter is held as a plain tensor."""
     if not isinstance(got, dict):
         raise CheckFailure(f"{what}: no parameter gradients came back")
     if "lm_head.weight" in got and "tok_emb.weight" not in got:
@@ -133,8 +209,10 @@ def expect_param_grads(got: dict, expected: dict, what: str, mistakes: dict | No
         raise CheckFailure(f"{what}: looks like the weights are not tied: lm_head.weight is a parameter of "
                            "its own (assign the Parameter itself: self.lm_head.weight = self.tok_emb.weight)")
     if missing or extra:
+        plain = plain_tensors(module, missing) if module is not None and missing else {}
         raise CheckFailure(f"{what}: the trainable parameters differ from the contract's "
-                           f"(missing {sorted(missing)[:6]}, unexpected {sorted(extra)[:6]})")
+                           f"(missing {sorted(missing)[:6]}, unexpected {sorted(extra)[:6]})"
+                           + (f"\n({plain_hint(plain)})" if plain else ""))
     for name, grad in expected.items():
         if got[name] is None:
             raise CheckFailure(f"{what}: no gradient reached {name} (is it used in forward, "
@@ -249,28 +327,57 @@ def gpt_with(model, idx, block_kind="pre-norm", final_norm=True, positions=True,
     return logits.softmax(-1) if probs else logits
 
 
+GPT_FORWARD_MISTAKES = {
+    "there is no final LayerNorm (ln_f) before lm_head": dict(final_norm=False),
+    "the positional embeddings are not added to the token embeddings": dict(positions=False),
+    "the logits are turned into probabilities; forward must return the raw logits": dict(probs=True),
+}
+LOSS_MISTAKES = {
+    "the loss is summed over positions instead of averaged": "summed",
+    "the loss is averaged over the batch only (summed over time)": "batch only",
+    "the targets are shifted by one position again (targets[t] already is the token after idx[t])": "shifted",
+    "the loss is the log-likelihood, not its negative": "negated",
+}
+
+
 def gpt_mistakes(model64, idx, dtype) -> dict:
     with torch.no_grad():
-        variants = {
-            "there is no final LayerNorm (ln_f) before lm_head": dict(final_norm=False),
-            "the positional embeddings are not added to the token embeddings": dict(positions=False),
-            "the logits are turned into probabilities; forward must return the raw logits": dict(probs=True),
-        }
+        variants = dict(GPT_FORWARD_MISTAKES)
         variants |= {f"the blocks are wrong: {d}": dict(block_kind=k) for d, k in BLOCK_MISTAKES.items()}
         return {d: (lambda kw=kw: gpt_with(model64, idx, **kw).to(dtype)) for d, kw in variants.items()}
 
 
+def loss_with(logits, targets, kind: str = "mean"):
+    """logits (B, T, V), targets (B, T) -> the mean cross-entropy, or one of LOSS_MISTAKES' kinds."""
+    B, T, V = logits.shape
+    if kind == "shifted":
+        return F.cross_entropy(logits[:, :-1].reshape(-1, V), targets[:, 1:].reshape(-1))
+    nll = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), reduction="none")
+    return {"mean": nll.mean(), "summed": nll.sum(), "batch only": nll.sum() / B, "negated": -nll.mean()}[kind]
+
+
 def loss_mistakes(logits64: torch.Tensor, targets: torch.Tensor) -> dict:
-    B, T, V = logits64.shape
-    nll = F.cross_entropy(logits64.reshape(-1, V), targets.reshape(-1), reduction="none")
-    shifted = F.cross_entropy(logits64[:, :-1].reshape(-1, V), targets[:, 1:].reshape(-1))
-    return {
-        "the loss is summed over positions instead of averaged": nll.sum().item(),
-        "the loss is averaged over the batch only (summed over time)": nll.sum().item() / B,
-        "the targets are shifted by one position again (targets[t] already is the token after idx[t])":
-            shifted.item(),
-        "the loss is the log-likelihood, not its negative": -nll.mean().item(),
-    }
+    return {d: loss_with(logits64, targets, kind).item() for d, kind in LOSS_MISTAKES.items()}
+
+
+def gpt_grad_mistakes(model64, idx, targets, dtype) -> dict:
+    """{parameter name: {description: gradient}}: what each known forward or loss mistake of GPT
+    gives each parameter of the float64 `model64` (cast to `dtype`; None where none reaches it),
+    computed on the first failure only."""
+    variants = {d: (kw, "mean") for d, kw in GPT_FORWARD_MISTAKES.items()}
+    variants |= {d: ({}, kind) for d, kind in LOSS_MISTAKES.items()}
+    params = dict(model64.named_parameters())   # a tied head is tok_emb.weight, as in the test
+    cache: dict = {}
+
+    def grads(description):
+        if description not in cache:
+            kw, kind = variants[description]
+            with torch.enable_grad():
+                loss = loss_with(gpt_with(model64, idx, **kw), targets, kind)
+                found = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
+            cache[description] = {n: None if g is None else g.to(dtype) for n, g in zip(params, found)}
+        return cache[description]
+    return {name: {d: (lambda d=d, name=name: grads(d)[name]) for d in variants} for name in params}
 
 
 def gelu_inputs(device: str) -> torch.Tensor:

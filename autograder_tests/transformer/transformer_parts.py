@@ -22,9 +22,9 @@ from torch.nn import functional as F
 
 from grader.checks import CheckFailure, expect_close, reduction_atol, tensor_mismatch, tolerance
 from grader.remote import backward
-from transformer_checks import (ACTIVATIONS, BLOCK_MISTAKES, D_MODEL, HEADS, block_with, build_reference,
-                                expect_param_grads,
-                                float64_copy, gelu_inputs, layer_norm, randn, student_like)
+from transformer_checks import (ACTIVATIONS, BLOCK_MISTAKES, D_MODEL, GPT_FORWARD_MISTAKES, HEADS, block_with,
+                                build_reference, expect_param_grads, float64_copy, gelu_inputs, layer_norm, randn,
+                                student_like)
 
 # The feedback names of the tests that own each part (their docstrings, as the student sees them).
 GELU_TEST = "FeedForward's activation is the exact GELU (fc and proj set to identities)"
@@ -262,12 +262,7 @@ def compose_gpt(model, idx, n_layers: int, *, final_norm=True, positions=True, p
 
 
 def gpt_mistakes_of(model, idx, n_layers: int) -> dict:
-    variants = {
-        "there is no final LayerNorm (ln_f) before lm_head": dict(final_norm=False),
-        "the positional embeddings are not added to the token embeddings": dict(positions=False),
-        "the logits are turned into probabilities; forward must return the raw logits": dict(probs=True),
-    }
-    return {d: (lambda kw=kw: compose_gpt(model, idx, n_layers, **kw)) for d, kw in variants.items()}
+    return {d: (lambda kw=kw: compose_gpt(model, idx, n_layers, **kw)) for d, kw in GPT_FORWARD_MISTAKES.items()}
 
 
 def _grad_of(part, x, g, prefix: str, grads: dict):
@@ -353,11 +348,11 @@ def expect_close_ecf(got, expected, *, what: str, own, notes, mistakes=None, own
     expect_close(got, expected, what=what, mistakes=mistakes if mistakes is not None else own_mistakes, **tol)
 
 
-def expect_grads_ecf(got: dict, expected: dict, what: str, *, notes, own, mistakes=None) -> None:
+def expect_grads_ecf(got: dict, expected: dict, what: str, *, notes, own, mistakes=None, module=None) -> None:
     """expect_param_grads against the reference's gradients, or, when a part's own check fails,
     against the gradients chained through the student's own parts (`own()`: {name: grad})."""
     try:
-        expect_param_grads(got, expected, what, mistakes)
+        expect_param_grads(got, expected, what, mistakes, module)
         return
     except CheckFailure as first:
         found = notes()

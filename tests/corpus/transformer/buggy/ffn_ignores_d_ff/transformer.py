@@ -1,5 +1,6 @@
 """BUG: FeedForward always uses 4 * d_model hidden units.
-EXPECT: expected shape (12, 8)
+EXPECT: d_ff is ignored
+PART: test_ffn_*
 """
 
 import torch
