@@ -2,7 +2,10 @@
 
     html_text = render(results, title="Feedback for ada")
 
-Per stage, per test: the score and the feedback lines. A tensor or number mismatch
+At the top, what to fix: per stage that lost points, each distinct diagnosis once, with
+the number of tests it explains and the handout section to read. Then per stage, its
+failures first: the score and the feedback lines (a feedback already shown in the stage
+is not repeated: it links to the first test that gave it). A tensor or number mismatch
 ("max abs error 0.31 at index (0, 2): got 0.1, expected 0.41 (tolerance ...)",
 "expected shape (2, 4), got (4, 2)") is also shown as a small table. A training curve
 is drawn as an inline SVG plot from a test's `extra_data` ({"train_loss": [...],
@@ -15,6 +18,8 @@ from __future__ import annotations
 
 import html
 import re
+
+from grader.handout_sections import section_for
 
 CURVE_KEYS = ("train_loss", "val_loss")
 _CURVE_LINE = re.compile(r"\b(train_loss|val_loss)\b[^:=\[\n]*[:=]\s*\[([-+0-9.eE,\s naif]*)\]")
@@ -31,6 +36,7 @@ h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.2em;border-bottom:1px soli
 .summary{color:#555} .total{font-size:1.2em;font-weight:600}
 .test{border-left:4px solid #bbb;padding:.3em .8em;margin:.6em 0;background:#fafafa}
 .test.passed{border-color:#2e7d32} .test.failed{border-color:#c62828} .test.partial{border-color:#ef6c00}
+.fix li{margin:.3em 0} .fix .count,.read{color:#555;font-size:.9em}
 .test .head{display:flex;justify-content:space-between;gap:1em} .test .score{white-space:nowrap;font-weight:600}
 pre{white-space:pre-wrap;word-break:break-word;background:#fff;border:1px solid #eee;padding:.5em;margin:.4em 0;font-size:.9em}
 table{border-collapse:collapse;margin:.4em 0;font-size:.9em} td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}
@@ -51,12 +57,19 @@ def render(results: dict, title: str = "Feedback") -> str:
     if results.get("output") and results["output"] != "Graded.":
         parts.append(f"<pre class=\"summary\">{_e(results['output'])}</pre>")
     parts.append(_stage_table(tests))
+    anchors = {id(t): f"test-{i}" for i, t in enumerate(tests)}
+    parts.append(_what_to_fix(tests, anchors))
     for stage, stage_tests in _by_stage(tests).items():
         score = sum(t.get("score", 0) for t in stage_tests)
         most = sum(t.get("max_score", 0) for t in stage_tests)
         parts.append(f"<section class=\"stage\" id=\"stage-{_e(stage)}\"><h2>{_e(stage)}: "
                      f"{_n(score)} / {_n(most)}</h2>")
-        parts += [_test(t) for t in stage_tests]
+        shown: dict[str, dict] = {}   # feedback -> the first test of this stage that gave it
+        for test in sorted(stage_tests, key=lambda t: not _lost(t)):   # failures first, in order
+            output = test.get("output", "")
+            first = shown.setdefault(output, test) if _lost(test) and output else test
+            parts.append(_test(test, stage, anchors[id(test)],
+                               same_as=(first, anchors[id(first)]) if first is not test else None))
         parts.append("</section>")
     if results.get("leaderboard"):
         rows = "".join(f"<tr><td>{_e(e.get('name', ''))}</td><td>{_e(e.get('value', ''))}</td></tr>"
@@ -66,6 +79,38 @@ def render(results: dict, title: str = "Feedback") -> str:
         parts.append(f"<p class=\"summary\">Graded in {_n(results['execution_time'])} s.</p>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _lost(test: dict) -> bool:
+    return test.get("score", 0) < test.get("max_score", 0) or test.get("status") == "failed"
+
+
+def _diagnosis(test: dict) -> str:
+    """The feedback's first line: what went wrong, in words."""
+    return (test.get("output", "").strip().splitlines() or ["failed"])[0]
+
+
+def _what_to_fix(tests: list[dict], anchors: dict[int, str]) -> str:
+    """Per stage that lost points: each distinct diagnosis once, the tests it explains, where to read."""
+    items = []
+    for stage, stage_tests in _by_stage(tests).items():
+        failed = [t for t in stage_tests if _lost(t)]
+        if not failed:
+            continue
+        lost = sum(t.get("max_score", 0) - t.get("score", 0) for t in failed)
+        groups: dict[str, list[dict]] = {}
+        for test in failed:
+            groups.setdefault(_diagnosis(test), []).append(test)
+        lines = []
+        for diagnosis, group in groups.items():
+            section = section_for(stage, group[0].get("name", ""))
+            lines.append(f"<li><a href=\"#{anchors[id(group[0])]}\">{_e(diagnosis)}</a>"
+                         f" <span class=\"count\">({len(group)} test{'s' * (len(group) > 1)}"
+                         f"{', read ' + _e(section) if section else ''})</span></li>")
+        items.append(f"<li><a href=\"#stage-{_e(stage)}\">{_e(stage)}</a>: {_n(lost)} point"
+                     f"{'s' * (lost != 1)} lost in {len(failed)} test{'s' * (len(failed) > 1)}<ul>"
+                     f"{''.join(lines)}</ul></li>")
+    return f"<section class=\"fix\"><h2>What to fix</h2><ul>{''.join(items)}</ul></section>" if items else ""
 
 
 def _by_stage(tests: list[dict]) -> dict[str, list[dict]]:
@@ -88,14 +133,18 @@ def _stage_table(tests: list[dict]) -> str:
     return f"<table class=\"stages\"><tr><th>stage</th><th>score</th></tr>{''.join(rows)}</table>"
 
 
-def _test(test: dict) -> str:
+def _test(test: dict, stage: str = "", anchor: str = "", same_as: tuple[dict, str] | None = None) -> str:
     score, most = test.get("score", 0), test.get("max_score", 0)
     kind = "passed" if most and score >= most else "partial" if score > 0 else "failed"
     if not most:
         kind = test.get("status", "failed")
     output = test.get("output", "")
     body = []
-    if output and output not in ("passed", "failed"):
+    if same_as is not None:
+        first, first_anchor = same_as
+        body.append(f"<p class=\"read\">The same feedback as <a href=\"#{first_anchor}\">"
+                    f"{_e(first.get('name', ''))}</a>.</p>")
+    elif output and output not in ("passed", "failed"):
         body.append(f"<pre>{_e(output)}</pre>")
         table = mismatch_table(output)
         if table:
@@ -103,7 +152,11 @@ def _test(test: dict) -> str:
     curves = find_curves(test)
     if curves:
         body.append(curve_svg(curves))
-    return (f"<div class=\"test {kind}\"><div class=\"head\"><span class=\"name\">{_e(test.get('name', ''))}"
+    section = section_for(stage, test.get("name", "")) if stage and kind != "passed" and same_as is None else None
+    if section:
+        body.append(f"<p class=\"read\">Read: {_e(section)}</p>")
+    ident = f" id=\"{anchor}\"" if anchor else ""
+    return (f"<div class=\"test {kind}\"{ident}><div class=\"head\"><span class=\"name\">{_e(test.get('name', ''))}"
             f"</span><span class=\"score\">{_n(score)} / {_n(most)}</span></div>{''.join(body)}</div>")
 
 

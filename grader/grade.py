@@ -79,7 +79,19 @@ def grade(path: Path, options: GradeOptions | None = None) -> dict:
     return gradescope.build(records, stage_order={s.name: s.order for s in chosen},
                             execution_time=time.monotonic() - started, output=summary,
                             leaderboard=session.leaderboard_entries,
-                            extra_data={"llmgrade_isolation": iso.level} if not options.in_process else None)
+                            extra_data=_extra_data(loaded, session, chosen, None if options.in_process else iso))
+
+
+def _extra_data(loaded: submissions.Submission, session: GradingSession, chosen: list[stages.Stage],
+                iso: layers.Isolation | None) -> dict:
+    """What the gradebook reads back as data: why a graded stage's module could not be used at all
+    (missing, unreadable, or its import failed), the notes worth telling, the isolation level."""
+    graded = {s.name for s in chosen}
+    problems = {m: text for m, text in {**loaded.problems, **session.import_problems()}.items() if m in graded}
+    extra = {"llmgrade_problems": problems, "llmgrade_notes": list(loaded.notes)}
+    if iso is not None:
+        extra["llmgrade_isolation"] = iso.level
+    return extra
 
 
 def _suite(stage: stages.Stage, kind: str) -> Path:

@@ -58,10 +58,27 @@ class BatchOptions:
 class Outcome:
     """What happened to one submission in this run."""
     id: str
-    status: str            # graded | skipped | error
+    status: str            # graded | skipped | error | interrupted
     error: str = ""
     seconds: float = 0.0
     regraded: str = ""     # why an earlier results.json was not kept, when there was one
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C's KeyboardInterrupt (see `on_sigterm`)."""
+
+
+def on_sigterm(signum, frame) -> None:
+    raise Terminated("SIGTERM")
+
+
+class Interrupted(Exception):
+    """The batch was stopped by SIGINT or SIGTERM: the grading processes are killed, what
+    finished is kept; `outcomes` has every id, the unfinished ones "interrupted"."""
+
+    def __init__(self, outcomes: list[Outcome], signal_name: str):
+        super().__init__(f"interrupted by {signal_name}")
+        self.outcomes, self.signal_name = outcomes, signal_name
 
 
 # ---------------------------------------------------------------- finding the work
@@ -157,6 +174,13 @@ def write_outputs(out: Path, sid: str, results: dict) -> str:
 def _serve(conn, config: dict) -> None:
     """A grading process: grade each (id, path) it is sent, write its files, answer a summary."""
     os.setsid()   # its own process group, so a kill takes the worker template along
+    from grader.worker import libc
+
+    # Dies with the batch, however the batch ends (SIGKILL included); its worker template dies
+    # with it in turn. A batch already gone shows as another parent.
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != config["parent"]:
+        os._exit(1)
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)
@@ -272,11 +296,19 @@ def grade_all(submissions_dir: Path, out: Path, options: BatchOptions,
     for outcome in list(outcomes.values()):
         if progress and outcome.status == "error":
             progress(outcome)
-    for outcome in _run(todo, out, submissions_dir, options):
-        outcome.regraded = reasons.get(outcome.id, "")
-        outcomes[outcome.id] = outcome
-        if progress:
-            progress(outcome)
+    runner = _run(todo, out, submissions_dir, options)
+    try:
+        for outcome in runner:
+            outcome.regraded = reasons.get(outcome.id, "")
+            outcomes[outcome.id] = outcome
+            if progress:
+                progress(outcome)
+    except KeyboardInterrupt as exc:   # Ctrl-C, or SIGTERM through on_sigterm
+        runner.close()                 # kills the grading processes, if the interrupt came outside _run
+        for sid, _, _ in todo:
+            outcomes.setdefault(sid, Outcome(sid, "interrupted", "not graded: the batch was interrupted"))
+        raise Interrupted([outcomes[sid] for sid in sorted(outcomes)],
+                          "SIGTERM" if isinstance(exc, Terminated) else "SIGINT") from None
     return [outcomes[sid] for sid in sorted(outcomes)]
 
 
@@ -285,14 +317,15 @@ def _run(todo: list[tuple[str, str, dict]], out: Path, submissions_dir: Path, op
     if not todo:
         return
     workers = max(1, min(options.workers, len(todo)))
-    config = {"stage_names": list(options.stage_names), "device": options.device,
+    config = {"stage_names": list(options.stage_names), "device": options.device, "parent": os.getpid(),
               "call_timeout": options.call_timeout, "out": str(out),
               "hidden_paths": [str(out), str(submissions_dir)], "isolation": options.isolation,
               "threads": max(1, (os.cpu_count() or 1) // workers)}
     context = multiprocessing.get_context("spawn")
     queue = list(reversed(todo))
-    slots = [_Slot(context, config) for _ in range(workers)]
+    slots: list[_Slot] = []
     try:
+        slots += [_Slot(context, config) for _ in range(workers)]
         while True:
             for index, slot in enumerate(slots):
                 if slot.task is None and queue:
@@ -308,7 +341,7 @@ def _run(todo: list[tuple[str, str, dict]], out: Path, submissions_dir: Path, op
             busy = [s for s in slots if s.task is not None]
             if not busy:
                 if not queue:
-                    return
+                    break
                 continue
             ready = wait([s.conn for s in busy] + [s.process.sentinel for s in busy], timeout=1.0)
             for slot in slots:
@@ -334,9 +367,12 @@ def _run(todo: list[tuple[str, str, dict]], out: Path, submissions_dir: Path, op
                     continue
                 slot.task = None   # a dead slot is replaced when it is next needed
                 yield outcome
-    finally:
+    except BaseException:   # interrupted (or closed early): stop now, not after the submissions in flight
         for slot in slots:
-            slot.stop()
+            slot.kill()
+        raise
+    for slot in slots:
+        slot.stop()
 
 
 def _failed(out: Path, sid: str, message: str, slot: _Slot) -> Outcome:

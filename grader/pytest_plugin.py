@@ -106,7 +106,9 @@ class GradingSession:
         self.leaderboard_entries: list[dict] = []
         self.collection_errors: list[str] = []
         self._remotes: dict[str, Any] = {}
+        self._import_failures: dict = {}
         self.worker_sessions: list[WorkerSession] = []
+        self._uses: dict[str, list[str]] | None = None   # stage -> the other stages its module imports
 
     # -- which stage, how many points, what name
 
@@ -169,6 +171,8 @@ class GradingSession:
                 message, internal = feedback_for(call.excinfo)
                 record.feedback.append(message[:MAX_FEEDBACK])
                 record.internal_error |= internal
+                if not internal:
+                    record.feedback.extend(self._upstream_notes(record.stage))
         if call.when == "call":
             credit = item.funcargs.get("credit") if hasattr(item, "funcargs") else None
             if isinstance(credit, Credit):
@@ -182,6 +186,26 @@ class GradingSession:
             self.stopped_early = True
             item.session.shouldstop = "stop_when"
         return report
+
+    def import_problems(self) -> dict[str, str]:
+        """{module: why importing it failed} in this grading (the first line of the message)."""
+        return {module: message.split("\n(tried once")[0] for (module, _), message in self._import_failures.items()}
+
+    def _upstream_notes(self, stage: str) -> list[str]:
+        """"your transformer.py uses your attention.py, which fails 6 attention tests: ..." for each
+        stage this stage's module imports (directly or through helpers) that failed tests earlier
+        in this grading: the student then fixes the cause, not a correct later module."""
+        if self.submission is None:
+            return []
+        if self._uses is None:
+            self._uses = uses_stages(Path(self.submission.root), [s.name for s in stages.discover()])
+        notes = []
+        for used in self._uses.get(stage, []):
+            failed = [r for r in self.records.values() if r.stage == used and r.ran and not r.passed]
+            if failed:
+                notes.append(f"note: your {stage}.py uses your {used}.py, which fails {len(failed)} {used} "
+                             f"test{'s' if len(failed) > 1 else ''} (e.g. \"{failed[0].name}\"): fix those first")
+        return notes
 
     def finished_records(self) -> list[TestRecord]:
         """Every record; a test that never ran is dropped after a deliberate early stop, else failed."""
@@ -216,7 +240,8 @@ class GradingSession:
                 session = WorkerSession(self.submission.root, self.worker_options, self.call_timeout)
                 self.worker_sessions.append(session)
                 self._remotes[stage] = RemoteSubmission(session, self.submission.problems,
-                                                        banned_apis=stage_banned_apis(stage))
+                                                        banned_apis=stage_banned_apis(stage),
+                                                        import_failures=self._import_failures)
         remote = self._remotes[stage]
         remote.output()  # start this test's printed output afresh
         marker = request.node.get_closest_marker("call_timeout")
@@ -244,6 +269,36 @@ class GradingSession:
     @pytest.fixture
     def leaderboard(self) -> list[dict]:
         return self.leaderboard_entries
+
+
+def uses_stages(root: Path, stage_names: list[str]) -> dict[str, list[str]]:
+    """{stage: the other stages whose modules its module imports, directly or through helper
+    modules of the submission}, read from the sources with `ast` (nothing is imported here)."""
+    import ast
+
+    imports: dict[str, set[str]] = {}
+    for path in root.glob("*.py"):
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+        except (SyntaxError, ValueError, OSError):
+            continue
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module.split(".")[0])
+        imports[path.stem] = found & {p.stem for p in root.glob("*.py")}
+    uses = {}
+    for stage in stage_names:
+        seen, todo = set(), [stage]
+        while todo:
+            for name in imports.get(todo.pop(), ()):
+                if name not in seen and name != stage:
+                    seen.add(name)
+                    todo.append(name)
+        uses[stage] = [s for s in stage_names if s in seen]
+    return uses
 
 
 def load_reference(stage: str):

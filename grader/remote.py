@@ -128,9 +128,12 @@ class RemoteSubmission:
     """One stage's view of a submission, served by a `WorkerSession`."""
 
     def __init__(self, session: WorkerSession, problems: dict[str, str] | None = None,
-                 banned_apis: tuple[str, ...] = ()):
+                 banned_apis: tuple[str, ...] = (), import_failures: dict | None = None):
         self._session = session
         self._problems = problems or {}
+        # (module, banned APIs) -> why importing it failed: shared by the stages of one grading,
+        # so a module whose import hangs or crashes costs its time limit once, not once per test.
+        self._import_failures = import_failures if import_failures is not None else {}
         self._modules: dict[tuple[str, int], RemoteObject] = {}
         self._banned_apis = tuple(banned_apis)
         self._trapped_generation: int | None = None
@@ -141,11 +144,19 @@ class RemoteSubmission:
             raise AttributeError(module)
         if module in self._problems:
             raise SubmissionProblem(self._problems[module])
+        failed = self._import_failures.get((module, self._banned_apis))
+        if failed is not None:
+            raise SubmissionProblem(failed)
         self._session.ensure_worker()
         key = (module, self._session.generation)
         if key not in self._modules:
             self._trap_banned_apis()
-            self._modules[key] = self.request({"op": "import", "module": module}, module)
+            try:
+                self._modules[key] = self.request({"op": "import", "module": module}, module)
+            except (StudentCodeError, SubmissionProblem) as exc:
+                self._import_failures[(module, self._banned_apis)] = (
+                    f"{exc}\n(tried once in this grading: every test that needs {module}.py fails with this)")
+                raise
         return self._modules[key]
 
     def _trap_banned_apis(self) -> None:
@@ -189,7 +200,7 @@ class RemoteSubmission:
                 raise StudentCodeError(f"importing {what}.py", exc) from None
             raise StudentCodeError(what, exc) from None
         except WorkerFailure as exc:
-            raise StudentCodeError(what, exc) from None
+            raise StudentCodeError(f"importing {what}.py" if message["op"] == "import" else what, exc) from None
 
     def fixture(self, name: str, *args, **kwargs) -> RemoteObject:
         """Build the grader's fixture `name` (worker/fixtures.py) in the worker, to pass to submission code."""

@@ -33,6 +33,26 @@ def test_stages_tests_and_scores_are_shown():
     assert page.index("bigram: build_vocab") < page.index("cross_entropy: softmax rows")
 
 
+def test_what_to_fix_comes_first_and_a_diagnosis_is_shown_once():
+    """A summary of what to fix by stage at the top; in a stage, failures before passes; the same
+    feedback in 3 tests is shown once and explains all 3; each diagnosis points to its handout section."""
+    summed = "looks like the NLL is summed instead of averaged"
+    page = render(_results([_test("build_vocab maps characters", 2, 2, "passed"),
+                            _test("nll of the words", 0, 3, summed),
+                            _test("nll of one word", 0, 1, summed),
+                            _test("nll on float64", 0, 1, summed),
+                            _test("bigram_counts of the words", 0, 2, "expected shape (27, 27), got (26, 26)")]))
+    fix = page[page.index("What to fix"):page.index('id="stage-bigram"')]
+    assert "bigram</a>: 7 points lost in 4 tests" in fix
+    assert fix.count(summed) == 1 and "(3 tests, read 02-bigram.md, § 5." in fix
+    assert "expected shape (27, 27), got (26, 26)" in fix and "(1 test, read 02-bigram.md, § Your task)" in fix
+    stage = page[page.index('id="stage-bigram"'):]
+    assert stage.count(summed) == 1 and stage.count("The same feedback as") == 2
+    assert stage.index("nll of the words") < stage.index("bigram_counts") < stage.index("build_vocab")
+    assert "Read: 02-bigram.md, § 5. Measuring quality" in stage
+    assert "What to fix" not in render(_results([_test("build_vocab", 2, 2, "passed")]))
+
+
 def test_everything_from_results_is_escaped():
     page = render(_results([_test("<script>alert(1)</script>", 0, 1, "got <b>x</b> & more")]))
     assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page

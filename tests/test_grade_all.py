@@ -9,8 +9,10 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -58,7 +60,7 @@ def test_every_submission_is_one_row(batch):
     subs, out, run = batch
     rows = {row["id"]: row for row in read_csv(out / "gradebook.csv")}
     assert list(rows) == ["ada", "bob", "carl", "dan", "eve"]
-    assert list(read_csv(out / "gradebook.csv")[0]) == ["id", "bigram", "total", "max_total", "error"]
+    assert list(read_csv(out / "gradebook.csv")[0]) == ["id", "bigram", "total", "max_total", "error", "notes"]
     assert rows["ada"]["bigram"] == rows["ada"]["total"] == rows["ada"]["max_total"] == rows["bob"]["total"]
     assert rows["ada"]["error"] == "" and rows["bob"]["error"] == "" and rows["carl"]["error"] == ""
     assert 0 < float(rows["carl"]["total"]) < float(rows["ada"]["total"])
@@ -218,3 +220,42 @@ def test_the_grading_key_follows_content_tests_and_stages(tmp_path, monkeypatch)
     before = fingerprint.tests_hash([moved])
     (copy / "autograder_tests/bigram/test_bigram.py").write_text("# changed\n", encoding="utf-8")
     assert fingerprint.tests_hash([moved]) != before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_batch_at_once_and_keeps_what_finished(tmp_path, signum):
+    """kill or Ctrl-C: the grading processes (and their workers) die within seconds, the graded
+    submission keeps its row, the others' rows say they were not graded, and the exit code says why."""
+    subs = tmp_path / "subs"
+    for name in ("a", "b", "c"):
+        (subs / name).mkdir(parents=True)
+        (subs / name / "bigram.py").write_text("def build_vocab(words):\n    while True:\n        pass\n")
+    shutil.copy(ROOT / "solutions/bigram.py", subs / "a/bigram.py")
+    out = tmp_path / "out"
+    batch = subprocess.Popen([sys.executable, "-m", "grader", "grade-all", str(subs), "--out", str(out),
+                              "--stage", "bigram", "--device", "cpu", "--timeout", "600", "--workers", "2"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "a" / "results.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert (out / "a" / "results.json").exists(), "the reference was not graded in 240 s"
+        children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(batch.pid)], capture_output=True,
+                                  text=True).stdout.split()
+        batch.send_signal(signum)
+        stopped = time.monotonic()
+        output = batch.communicate(timeout=60)[0]
+        assert time.monotonic() - stopped < 20, output
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+    assert batch.returncode == 128 + signum, output
+    assert f"stopped by {signum.name}" in output and "is partial" in output
+    rows = {row["id"]: row for row in read_csv(out / "gradebook.csv")}
+    assert float(rows["a"]["total"]) > 0 and rows["a"]["error"] == ""
+    for sid in ("b", "c"):
+        assert rows[sid]["total"] == "" and f"not graded: the batch was stopped by {signum.name}" in rows[sid]["error"]
+    time.sleep(1)
+    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
+             and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]]
+    assert not alive, f"grading processes outlived the batch: {alive}"

@@ -346,3 +346,37 @@ def test_the_same_submission_gets_the_same_grade_on_every_run(make_submission):
     assert first["score"] < max_score(first)
     assert [(t["name"], t["score"], t["output"]) for t in first["tests"]] == \
         [(t["name"], t["score"], t["output"]) for t in second["tests"]]
+
+
+def test_an_import_that_hangs_is_tried_once(make_submission):
+    """A module whose import never ends costs its call timeout once per grading, not once per test;
+    every test of its stage names the module and what happened."""
+    import time
+
+    started = time.monotonic()
+    results = graded(make_submission({"bigram.py": "while True:\n    pass\n"}))
+    elapsed = time.monotonic() - started
+    outputs = list(failures(results).values())
+    assert len(outputs) == len(results["tests"]) > 10 and results["score"] == 0
+    assert all("importing bigram.py did not finish within 3 s" in out for out in outputs)
+    assert sum("tried once in this grading" in out for out in outputs) == len(outputs) - 1
+    # one 3 s timeout, then every other test fails at once (not 20+ timeouts: over 60 s)
+    assert elapsed < 3.0 * 6, elapsed
+
+
+def test_a_failing_stage_is_named_in_the_stages_that_use_it(make_submission):
+    """transformer.py imports attention.py: when attention fails its own tests, each failing
+    transformer test says so, so that the student fixes attention, not a correct transformer."""
+    root = project_root()
+    files = {f"{name}.py": (root / "solutions" / f"{name}.py").read_text()
+             for name in ("cross_entropy", "embeddings", "transformer")}
+    files["attention.py"] = (root / "tests/corpus/attention/buggy/returns_output_only.py").read_text()
+    results = graded(make_submission(files), GradeOptions(stage_names=["attention", "transformer"],
+                                                          device="cpu", call_timeout=10.0))
+    failed = failures(results)
+    transformer = [out for name, out in failed.items() if name.startswith("transformer:")]
+    attention = [name for name in failed if name.startswith("attention:")]
+    assert attention and transformer
+    assert all(f"your transformer.py uses your attention.py, which fails {len(attention)} attention tests"
+               in out for out in transformer), transformer[0]
+    assert not any("uses your" in out for name, out in failed.items() if name.startswith("attention:"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 import click
@@ -10,7 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from grader import gradebook
 from grader.commands.common import CALL_TIMEOUT, Seconds, DEVICE, ISOLATION, console, stage_option
-from grader.grade_all import DEFAULT_SUBMISSION_TIMEOUT, BatchOptions, Outcome, grade_all, parse_shard
+from grader.grade_all import (DEFAULT_SUBMISSION_TIMEOUT, BatchOptions, Interrupted, Outcome, grade_all, on_sigterm,
+                              parse_shard)
 
 
 def _shard(ctx, param, value):
@@ -74,11 +77,21 @@ def command(submissions_dir: Path, out: Path, workers: int, shard: tuple[int, in
                 progress.console.print(f"[red]{escape(outcome.id)}[/]: {escape(outcome.error)}")
             progress.advance(task)
 
-        outcomes = grade_all(submissions_dir, out, options, progress=done, on_start=started)
+        interrupted = None
+        previous = signal.signal(signal.SIGTERM, on_sigterm)   # stop like Ctrl-C: kill, keep what finished
+        try:
+            outcomes = grade_all(submissions_dir, out, options, progress=done, on_start=started)
+        except Interrupted as exc:
+            interrupted, outcomes = exc, exc.outcomes
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     i, n = shard
     target = out / ("gradebook.csv" if n == 1 else f"gradebook-shard-{i}-of-{n}.csv")
-    rows, _ = gradebook.collect([out], only={o.id for o in outcomes})
-    gradebook.write(rows, target)
+    rows, _ = gradebook.collect([out], only={o.id for o in outcomes if o.status != "interrupted"})
+    rows += [gradebook.Row(o.id, {}, f"not graded: the batch was stopped by {interrupted.signal_name} "
+                                     "(run grade-all again to grade the rest)", target)
+             for o in outcomes if o.status == "interrupted"]
+    gradebook.write(sorted(rows, key=lambda row: row.id), target)
     regraded: dict[str, list[str]] = {}
     for outcome in outcomes:
         if outcome.regraded:
@@ -87,5 +100,10 @@ def command(submissions_dir: Path, out: Path, workers: int, shard: tuple[int, in
         shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
         console.print(f"graded again, {escape(reason)}: {escape(shown)}", soft_wrap=True)
     counts = {status: sum(o.status == status for o in outcomes) for status in ("graded", "skipped", "error")}
+    if interrupted is not None:
+        left = sum(o.status == "interrupted" for o in outcomes)
+        console.print(f"[red]stopped by {interrupted.signal_name}[/]: {counts['graded']} graded, {left} not graded; "
+                      f"{target} is partial (the rows of those {left} say so)")
+        sys.exit(128 + (signal.SIGTERM if interrupted.signal_name == "SIGTERM" else signal.SIGINT))
     console.print(f"{len(outcomes)} submissions: {counts['graded']} graded, {counts['skipped']} skipped, "
                   f"{counts['error']} could not be graded; gradebook written to {target}")
