@@ -18,7 +18,8 @@ from grader.remote import StudentCodeError, backward
 def expect_close_large(got, expected: torch.Tensor, *, what: str, mistakes: dict, hint: str,
                        atol: float = 1e-5, rtol: float = 1e-4) -> None:
     """expect_close, where a known mistake may produce inf or NaN: it is recognised by its
-    pattern of NaNs and infinities (the values elsewhere must agree too)."""
+    pattern of NaNs and infinities (the values elsewhere must agree too, within the test's
+    tolerance or 1e-3, whichever is looser: float32 code on logits of 1e4 drifts ~1e-3)."""
     try:
         expect_close(got, expected, what=what, atol=atol, rtol=rtol)
     except CheckFailure as failure:
@@ -26,9 +27,13 @@ def expect_close_large(got, expected: torch.Tensor, *, what: str, mistakes: dict
             raise
         g = got.detach().cpu().double()
         for description, produce in mistakes.items():
-            b = produce().detach().cpu().double()
+            try:
+                b = produce().detach().cpu().double()
+            except Exception:  # noqa: BLE001 -- a mistake that does not apply to these inputs
+                continue
             if (g.shape == b.shape and torch.equal(torch.isnan(g), torch.isnan(b))
-                    and torch.allclose(g[~torch.isnan(g)], b[~torch.isnan(b)], rtol=1e-3, atol=1e-3)):
+                    and torch.allclose(g[~torch.isnan(g)], b[~torch.isnan(b)], rtol=max(rtol, 1e-3),
+                                       atol=max(atol, 1e-3))):
                 raise CheckFailure(f"{what}: looks like {description}\n({failure})") from None
         if not torch.isfinite(g).all():
             raise CheckFailure(f"{failure}\n({hint})") from None

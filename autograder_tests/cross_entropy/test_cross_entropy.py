@@ -2,8 +2,8 @@
 
 The oracle is F.cross_entropy(logits.reshape(-1, C), targets.reshape(-1), ...) in
 float64 in the grading process (it is banned only in the student's worker).
-Each known mistake is a variant of `by_hand` below, computed in float64 on the
-same inputs; its gradient comes from autograd through the same variant.
+Each known mistake is a variant of `by_hand` (cross_entropy_mistakes.py), computed in
+float64 on the same inputs; its gradient comes from autograd through the same variant.
 
 Tolerances: the elementwise one, widened where the sums of the loss need more
 (cross_entropy_checks.loss_atol: the log-sum-exp over C classes, the smoothing mean over
@@ -17,7 +17,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from grader.banned import expect_no_banned_apis
 from grader.checks import (CheckFailure, describe, expect_close, expect_raises, expect_scalar, tensor_mismatch,
@@ -26,108 +25,11 @@ from grader.remote import StudentCodeError, backward
 
 from cross_entropy_checks import (assert_outside, carried_forward, carried_gradient,  # this folder's helpers
                                   expect_close_large, loss_atol, own_log_softmax)
+from cross_entropy_mistakes import (by_hand, describe_call, expect_not_a_number, like, loss_mistakes, make,
+                                    mistakes_for, oracle, wrong_shape)
 
 REDUCTIONS = ["mean", "sum", "none"]
 SHAPES = [(8, 5), (2, 4, 5)]   # (N, C) and (B, T, C); B, T and C all differ
-
-
-def make(shape, seed: int, ignored: int = 0, ignore_index: int = -100, scale: float = 2.0):
-    """float64 CPU logits `shape` and int64 targets `shape[:-1]`, `ignored` of them set to ignore_index."""
-    g = torch.Generator().manual_seed(seed)
-    logits = torch.randn(shape, generator=g, dtype=torch.float64) * scale
-    targets = torch.randint(shape[-1], shape[:-1], generator=g)
-    if ignore_index >= 0:   # ignore_index is a real class: keep it out of the counted targets
-        targets = torch.where(targets == ignore_index, (targets + 1) % shape[-1], targets)
-    flat = targets.view(-1)
-    flat[torch.randperm(flat.numel(), generator=g)[:ignored]] = ignore_index
-    return logits, targets
-
-
-def oracle(logits, targets, ignore_index=-100, reduction="mean", label_smoothing=0.0):
-    """F.cross_entropy in float64 on the CPU, class dimension last (differentiable in logits)."""
-    C = logits.shape[-1]
-    out = F.cross_entropy(logits.cpu().double().reshape(-1, C), targets.cpu().reshape(-1),
-                          ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing)
-    return out.reshape(targets.shape) if reduction == "none" else out
-
-
-def by_hand(logits, targets, ignore_index=-100, reduction="mean", label_smoothing=0.0, *,
-            dim=-1, smoothing="pytorch", denominator=None, flat=False, sign=1.0,
-            mask_smoothing=True):
-    """The loss in float64, with the knobs the known mistakes turn (defaults: correct)."""
-    x = logits.cpu().double()
-    targets = targets.cpu()
-    C, eps = x.shape[-1], label_smoothing
-    logp = x - torch.logsumexp(x, dim=dim, keepdim=True)
-    keep = targets != ignore_index
-    safe = torch.where(keep, targets, torch.zeros_like(targets))
-    nll = -logp.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    others = -logp.masked_fill(F.one_hot(safe, C).bool(), 0.0).sum(-1)
-    mixed = {"pytorch": (1 - eps) * nll + eps * -logp.mean(-1),
-             "ignored": nll,
-             "others_c_minus_1": (1 - eps) * nll + eps / (C - 1) * others,
-             "others_over_c": (1 - eps) * nll + eps / C * others,
-             "sum_over_classes": (1 - eps) * nll + eps * -logp.sum(-1),
-             "no_one_minus": nll + eps * -logp.mean(-1)}[smoothing]
-    losses = torch.where(keep, mixed, torch.zeros_like(mixed))
-    if not mask_smoothing:
-        losses = torch.where(keep, (1 - eps) * nll, torch.zeros_like(nll)) + eps * -logp.mean(-1)
-    losses = sign * losses
-    if reduction == "none":
-        return losses.reshape(-1) if flat else losses
-    denominator = denominator or ("targets" if reduction == "mean" else "one")
-    count = {"targets": keep.sum(), "all": keep.numel(), "batch": targets.shape[0],
-             "classes": keep.sum() * C, "one": 1}[denominator]
-    return losses.sum() / count
-
-
-def mistakes_for(logits, targets, ignore_index=-100, reduction="mean", label_smoothing=0.0) -> dict:
-    """description -> the knobs of `by_hand` that reproduce it, for the mistakes these inputs can show."""
-    found = {"the loss is not negated (cross-entropy is -log p of the target)": {"sign": -1.0},
-             "the log-softmax is taken over the wrong dimension: the class dimension is the LAST one":
-                 {"dim": 1 if logits.dim() == 3 else 0}}
-    ignored = bool((targets == ignore_index).any())
-    if ignored and ignore_index != -100:
-        found["the ignore_index argument is not used (only -100 is ignored)"] = {"ignore_index": -100}
-    if reduction == "mean":
-        found |= {"the loss is summed instead of averaged (reduction='mean')": {"denominator": "one"},
-                  "the loss is also divided by the number of classes C": {"denominator": "classes"}}
-        if ignored:
-            found["the mean is taken over all positions, ignored ones included (divide by the "
-                  "number of non-ignored targets)"] = {"denominator": "all"}
-        if logits.dim() == 3:
-            found["the mean divides by the batch size B instead of the number of targets"] = \
-                {"denominator": "batch"}
-    if reduction == "sum":
-        found["reduction='sum' averages instead of summing"] = {"denominator": "targets"}
-    if reduction == "none" and logits.dim() == 3:
-        found["reduction='none' returns a flat (B*T,) tensor; it must have the shape of targets, "
-              "(B, T)"] = {"flat": True}
-    if label_smoothing:
-        found |= {
-            "label_smoothing is ignored": {"smoothing": "ignored"},
-            "label smoothing gives eps/(C-1) to each other class; PyTorch mixes in eps/C for "
-            "EVERY class, the target included: (1-eps)*nll + eps*mean over classes of -log p":
-                {"smoothing": "others_c_minus_1"},
-            "the smoothing term leaves out the target class (eps * the MEAN over all C classes "
-            "of -log p, the target included)": {"smoothing": "others_over_c"},
-            "the smoothing term sums -log p over the classes instead of averaging (divide by C)":
-                {"smoothing": "sum_over_classes"},
-            "the nll term is not multiplied by (1 - label_smoothing)": {"smoothing": "no_one_minus"}}
-        if ignored:
-            found["the smoothing term is not zeroed for ignored targets"] = {"mask_smoothing": False}
-    return found
-
-
-def like(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return value.detach().to(dtype=x.dtype, device=x.device)
-
-
-def describe_call(x, targets, kwargs) -> str:
-    args = "".join(f", {k}={v!r}" for k, v in kwargs.items())
-    return (f"cross_entropy(logits {tuple(x.shape)} {str(x.dtype).removeprefix('torch.')}, "
-            f"targets {tuple(targets.shape)}{args})")
-
 
 FLOAT32_INSIDE = ("the loss is computed in float32 (the logits are cast to float32): float64 logits must "
                   "give a float64 loss, and float64 gradients of float64 precision")
@@ -140,13 +42,9 @@ def check_loss(student, x, targets, what=None, indistinguishable=(), **kwargs) -
     within the tolerance); they are not named here, other tests charge them."""
     what = what or describe_call(x, targets, kwargs)
     got = student.cross_entropy.cross_entropy(x, targets, **kwargs)
-    if isinstance(got, (int, float)):
-        raise CheckFailure(f"{what}: looks like the loss is returned as a Python number (.item() or "
-                           f"float()); return a tensor so that gradients can flow back")
+    expect_not_a_number(got, what)
     options = {k: kwargs[k] for k in ("ignore_index", "reduction", "label_smoothing") if k in kwargs}
-    mistakes = {d: (lambda knobs=knobs: like(by_hand(x, targets, **(options | knobs)), x))
-                for d, knobs in mistakes_for(x, targets, **options).items()
-                if not any(knobs.get("smoothing") == k for k in indistinguishable)}
+    mistakes = loss_mistakes(x, targets, options, indistinguishable)
     expected = like(oracle(x, targets, **options), x)
     if x.dtype == torch.float64:
         mistakes[FLOAT32_INSIDE] = lambda: expected.float()
@@ -186,8 +84,9 @@ def check_gradient(student, x64, targets, dtype, device, grad_seed: int, **kwarg
             raise CheckFailure(f"{what}: looks like the loss is returned as a Python number; it "
                                f"must be a tensor for gradients to flow\n({text})") from None
         if "Mismatch in shape" in text:
-            raise CheckFailure(f"{what}: the loss has the wrong shape: backward with a grad_output "
-                               f"shaped {tuple(shape)} failed\n({text})") from None
+            raise CheckFailure(f"{what}: {wrong_shape(student, x.detach(), targets.to(device), kwargs)}the "
+                               f"loss has the wrong shape: backward with a grad_output shaped "
+                               f"{tuple(shape)} failed\n({text})") from None
         if "does not require grad" in text:
             raise CheckFailure(f"{what}: looks like the loss is detached from the graph (.item(), "
                                f"torch.tensor(...) or .detach()): no gradient reaches the logits\n"
@@ -284,6 +183,23 @@ def test_loss_large_vocabulary(student, device):
                    indistinguishable=("others_c_minus_1", "others_over_c"), **extra)
 
 
+def all_ignored_hint(student, device) -> str:
+    """Why a 'mean' over no counted target gives 0 instead of NaN: a known mistake of the mean's
+    denominator (0 / 6 or a plain sum) when the student's mean on inputs with counted targets
+    shows it, else a special case of "no target counted"."""
+    x, targets = make((2, 3, 4), 31, ignored=2)
+    x, targets = x.float().to(device), targets.to(device)
+    try:
+        got = student.cross_entropy.cross_entropy(x, targets, reduction="mean")
+    except StudentCodeError:
+        got = None
+    if isinstance(got, torch.Tensor) and tensor_mismatch(got, like(oracle(x, targets), x)) is not None:
+        for description, knobs in mistakes_for(x, targets).items():
+            if "denominator" in knobs and tensor_mismatch(got, like(by_hand(x, targets, **knobs), x)) is None:
+                return f"looks like {description}: with no counted target that gives 0; "
+    return "looks like the mean is special-cased when no target is counted; "
+
+
 def test_all_ignored(student, device):
     """cross_entropy with every target ignored: NaN for 'mean' (0 / 0), 0 for 'sum', zeros for 'none'"""
     x, targets = make((2, 3, 4), 30, ignored=6)
@@ -295,7 +211,7 @@ def test_all_ignored(student, device):
     if not isinstance(got, torch.Tensor) or got.shape != () or got.dtype != x.dtype or got.device != x.device:
         raise CheckFailure(f"{what}: expected a 0-dim float32 tensor on {device} (NaN), got {describe(got)}")
     if not torch.isnan(got):
-        hint = ("looks like the mean is special-cased when no target is counted; " if got.item() == 0 else "")
+        hint = all_ignored_hint(student, device) if got.item() == 0 else ""
         raise CheckFailure(f"{what}: {hint}expected NaN, as F.cross_entropy gives (0 / 0: no target is "
                            f"counted), got {got.item():.6g}")
 
@@ -333,6 +249,7 @@ def test_loss_large_logits(student, device):
         for reduction in ("none", "mean"):
             what = describe_call(x, targets, {"reduction": reduction}) + f" with logits {name}"
             got = student.cross_entropy.cross_entropy(x, targets.to(device), reduction=reduction)
+            expect_not_a_number(got, what)
             naive = lambda: x.exp().sum(-1).log() - x.gather(-1, targets.to(device).unsqueeze(-1)).squeeze(-1)  # noqa: E731
             via_softmax = lambda: -((x - x.amax(-1, keepdim=True)).exp() / (x - x.amax(-1, keepdim=True)).exp()  # noqa: E731
                                     .sum(-1, keepdim=True)).log().gather(-1, targets.to(device).unsqueeze(-1)).squeeze(-1)
@@ -344,7 +261,9 @@ def test_loss_large_logits(student, device):
                     "the loss uses log(softmax(x)): probabilities that underflow to 0 give an infinite "
                     "loss (use log_softmax = x - max - log(sum(exp(x - max))))": lambda: reduce(via_softmax()),
                     "the max is not subtracted before exp: exp overflows to inf for large logits "
-                    "(subtract the max logit of each row first)": lambda: reduce(naive())},
+                    "(subtract the max logit of each row first)": lambda: reduce(naive()),
+                    # the mistakes the (8, 5) and (2, 4, 5) tests name show here too (0.49 or more away)
+                    **loss_mistakes(x, targets, {"reduction": reduction})},
                     hint="the loss is not finite: subtract the max logit of each row before exp", atol=atol)
             except CheckFailure as failure:
                 note = carried_forward(student, x, targets.to(device), got, {"reduction": reduction}, atol, 1e-4)

@@ -53,27 +53,42 @@ def call_text(fn: str, shape, dtype: torch.dtype, dim: int | None, extra: str = 
 
 # ---- known mistakes, as what they would produce -------------------------------
 
-def value_mistakes(fn: str, x: torch.Tensor, dim: int) -> dict:
-    x64 = x.detach().cpu().double()
+def mistake_formulas(fn: str, dim: int, ndim: int) -> dict:
+    """description -> what that known mistake computes from float64 logits (differentiable, so
+    the gradient tests can name the same mistakes)."""
     other = "log_softmax" if fn == "softmax" else "softmax"
+    ref = {"softmax": torch.softmax, "log_softmax": torch.log_softmax}   # `exact` would detach
     found = {}
-    if dim not in (-1, x.dim() - 1):
-        found[f"the {fn} is taken over the last dimension instead of over `dim`"] = \
-            lambda: like(exact(fn, x64, -1), x)
+    if dim not in (-1, ndim - 1):
+        found[f"the {fn} is taken over the last dimension instead of over `dim`"] = lambda x: ref[fn](x, -1)
     found[f"the {fn} is normalised over the whole tensor instead of along `dim`"] = \
-        lambda: like(exact(fn, x64.flatten(), 0).view_as(x64), x)
-    found[f"{fn} returns the {other} instead"] = lambda: like(exact(other, x64, dim), x)
+        lambda x: ref[fn](x.flatten(), 0).view_as(x)
+    found[f"{fn} returns the {other} instead"] = lambda x: ref[other](x, dim)
     if fn == "log_softmax":
-        m = x64.amax(dim, keepdim=True)
         found["the max is subtracted inside the exp but not added back: log_softmax(x) = "
               "x - max - log(sum(exp(x - max)))"] = \
-            lambda: like(x64 - (x64 - m).exp().sum(dim, keepdim=True).log(), x)
+            lambda x: x - (x - x.amax(dim, keepdim=True).detach()).exp().sum(dim, keepdim=True).log()
         found["the log-sum-exp is not subtracted: log_softmax(x) = x - max - log(sum(exp(x - max)))"] = \
-            lambda: like(x64 - m, x)
+            lambda x: x - x.amax(dim, keepdim=True).detach()
     else:
         found["the exponentials are not divided by their sum along `dim`"] = \
-            lambda: like((x64 - x64.amax(dim, keepdim=True)).exp(), x)
+            lambda x: (x - x.amax(dim, keepdim=True).detach()).exp()
     return found
+
+
+def value_mistakes(fn: str, x: torch.Tensor, dim: int) -> dict:
+    """description -> what that known mistake returns for `x`, in x's dtype and device."""
+    x64 = x.detach().cpu().double()
+    return {d: (lambda f=f: like(f(x64), x)) for d, f in mistake_formulas(fn, dim, x.dim()).items()}
+
+
+def gradient_mistakes(fn: str, x64: torch.Tensor, dim: int, grad_out: torch.Tensor, x: torch.Tensor) -> dict:
+    """description -> the gradient that known mistake gives for float64 logits `x64` and
+    `grad_out`, in the dtype and device of `x`."""
+    def grad_of(f):
+        leaf = x64.detach().clone().requires_grad_()
+        return like(torch.autograd.grad(f(leaf), leaf, grad_out)[0], x)
+    return {d: (lambda f=f: grad_of(f)) for d, f in mistake_formulas(fn, dim, x64.dim()).items()}
 
 
 def overflow_mistakes(fn: str, x: torch.Tensor, dim: int) -> dict:
@@ -126,10 +141,9 @@ def test_softmax_sums_to_one(student, device):
         # dividing by the sum gives sums of 1.1 or more.
         atol = max(1e-5, reduction_atol(x.shape[dim], 1.0, term_ulps=6))
         expect_close(sums, torch.ones_like(sums), atol=atol, rtol=0,
-                     what=f"the sums of {what} along dim={dim}", mistakes={
-                         "the exponentials are not divided by their sum along `dim`":
-                             lambda: (x.double() - x.double().amax(dim, keepdim=True)).exp().sum(dim).to(device),
-                     })
+                     what=f"the sums of {what} along dim={dim}",
+                     mistakes={d: (lambda f=f: f(x.double()).sum(dim).to(device))
+                               for d, f in mistake_formulas("softmax", dim, x.dim()).items()})
 
 
 # ---- large logits: the max-subtraction trick ----------------------------------
@@ -161,7 +175,8 @@ def test_large_logits(student, device, fn):
         for dim in (-1, 0):
             what = call_text(fn, x.shape, x.dtype, dim) + f" with logits {name}"
             expect_close_large(call(student, fn, x, dim), like(exact(fn, x, dim), x), what=what,
-                               mistakes=overflow_mistakes(fn, x, dim), **large_tolerance(fn, x),
+                               mistakes=value_mistakes(fn, x, dim) | overflow_mistakes(fn, x, dim),
+                               **large_tolerance(fn, x),
                                hint="the result is not finite: subtract the max along `dim` before exp")
 
 
@@ -214,4 +229,5 @@ def test_gradients(student, device, fn):
             raise
         if result.input_grads[0] is None:
             raise CheckFailure(f"{what}: no gradient reached the logits (is the result detached?)")
-        expect_close(result.input_grads[0], like(expected, x), what=what)
+        expect_close(result.input_grads[0], like(expected, x), what=what,
+                     mistakes=gradient_mistakes(fn, x64, dim, grad_out, x))

@@ -18,7 +18,7 @@ import torch
 from grader.checks import CheckFailure, expect_close, expect_equal, expect_scalar, reduction_atol, tolerance
 from grader.remote import StudentCodeError, backward
 from training_checks import (EXACT_CONFIG, SMALL, config_for, expect_rel_close, flat, local_model,
-                             remote_model, split, variant_train)
+                             remote_model, split, unclipped, variant_train)
 from training_upstream import BATCH_TEST, REFERENCE, Parts, expect_either, read_checkpoint, read_parts
 
 TRAIN, VAL = slice(0, 20000), slice(0, 5000)
@@ -174,14 +174,17 @@ AUTOCAST = ("the forwards run under bf16 autocast although the run is float32 (d
             "float32 on the CPU; bf16 autocast only on CUDA)")
 
 
+SEEDED_ONCE = ("the batches come from one generator seeded once; step s must draw its micro-batches with "
+               "torch.Generator().manual_seed(config.seed + s)")
+
+
 def train_mistakes(reference, device, config, w0, parts: Parts):
     def run(**knobs):
         return lambda: update(variant_train(reference, device, config, parts=parts, **knobs)[1].state_dict(), w0)
     return {
         "the warm-up starts from 0 (step 0 must use lr_at(0) = max_lr / warmup_steps)": run(warmup_from_zero=True),
         "the cosine decay is one step ahead": run(cosine_off_by_one=True),
-        "the batches come from one generator seeded once; step s must draw its micro-batches with "
-        "torch.Generator().manual_seed(config.seed + s)": run(seed_once=True),
+        SEEDED_ONCE: run(seed_once=True),
         "weight decay is applied to every parameter (use configure_optimizer's two groups)": run(decay_all=True),
         "the gradients are not clipped before optimizer.step()": run(clip="none"),
         "each parameter's gradient is clipped on its own; clip the GLOBAL norm over all parameters":
@@ -242,7 +245,8 @@ def test_train_accumulation(student, reference, device):
         })
         expect_equal(len(seen), 2, what=f"{what}: the number of optimizer steps in a 2-step run")
         expect_rel_close(got_update, update(local.state_dict(), w0), rtol=UPDATE_RTOL,
-                         what=f"{what}: the weights after 2 steps")
+                         what=f"{what}: the weights after 2 steps",
+                         mistakes=train_mistakes(reference, device, config, w0, p))
         expected = torch.tensor(losses)
         expect_close(got_losses, expected, atol=loss_atol(config, losses), rtol=1e-4,
                      what=f"{what}: result['train_loss'] (the MEAN of the 4 micro-batch losses of each step)",
@@ -265,8 +269,7 @@ def test_train_clipping(student, reference, device):
         norm = flat(seen[step]).norm().item()
         if norm > 0.05 * 1.001:
             raise CheckFailure(f"{what}: at optimizer step {step} the global gradient norm is {norm:.4g}, "
-                               f"above grad_clip = 0.05: looks like the gradients are not clipped before "
-                               f"optimizer.step() (clip between backward and step)")
+                               f"above grad_clip = 0.05: looks like {unclipped(seen[step], 0.05)}")
 
     def check(p: Parts):
         _, local = variant_train(reference, device, config, parts=p, record_steps=2)
@@ -281,6 +284,8 @@ def test_train_clipping(student, reference, device):
                                                clip="value")[1].step_grads[step]),
                 AUTOCAST: lambda: flat(variant_train(reference, device, config, parts=p, record_steps=2,
                                                      autocast_bf16=True)[1].step_grads[step]),
+                SEEDED_ONCE: lambda: flat(variant_train(reference, device, config, parts=p, record_steps=2,
+                                                        seed_once=True)[1].step_grads[step]),
             }
             expect_rel_close(flat(seen[step]), flat(local.step_grads[step]), rtol=GRAD_RTOL, mistakes=variants,
                              what=f"{what}: the gradient at optimizer step {step}")

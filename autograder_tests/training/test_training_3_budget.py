@@ -15,14 +15,17 @@ time, plus the same margin.
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
 import torch
 
 from grader.checks import CheckFailure
+from grader.remote import StudentCodeError
 from grader.worker import fixtures
-from training_checks import split
+from training_checks import batch_variants, split
+from training_upstream import BATCH_TEST, GROUPS_TEST, LR_TEST, Parts, read_groups
 
 FLOOR = 3.0
 MARGIN = 0.05
@@ -94,9 +97,60 @@ def test_budgeted_run(student, reference, device, credit, leaderboard):
                f"(full marks at {target:.2f} or below, none at {FLOOR:.2f} or above; "
                f"an untrained model is at 4.39); {tokens_per_sec:,.0f} training tokens/s")
     if not loss == loss:   # NaN
-        raise CheckFailure(f"the trained weights give a NaN validation loss: training diverged ({summary})")
+        raise CheckFailure(f"the trained weights give a NaN validation loss: training diverged ({summary})"
+                           + upstream_notes(student, reference, device, budget))
     credit.fraction = min(1.0, max(0.0, (FLOOR - loss) / (FLOOR - target)))
     credit.message = summary + reported_curve(history)
+    if credit.fraction < 1.0:
+        credit.message += upstream_notes(student, reference, device, budget)
+
+
+def upstream_notes(student, reference, device: str, budget: dict) -> str:
+    """The parts of the student's that this run used and that differ from the contract, each
+    with the test that charges it (read back as data, as the loop tests do): a loss alone does
+    not say why it is high. "" when get_batch, lr_at and configure_optimizer all agree."""
+    c, notes = budget["config"], []
+    data = split("train")[:5000]
+    try:   # one batch, drawn as train's first step draws it
+        got = student.training.get_batch(data, 8, 16, torch.Generator().manual_seed(c["seed"]), device)
+        want = reference.get_batch(data, 8, 16, torch.Generator().manual_seed(c["seed"]), device)
+        if not same_batch(got, want):
+            named = [d for d, make in batch_variants(data, 8, 16, c["seed"]).items() if same_batch(got, make())]
+            notes.append((f"your get_batch looks like it has this mistake: {named[0]}" if named else
+                          "your get_batch draws other batches than the contract's") + f"; charged by '{BATCH_TEST}'")
+    except StudentCodeError as exc:
+        notes.append(f"your get_batch fails ({str(exc).splitlines()[0]}); charged by '{BATCH_TEST}'")
+    args = (c["max_lr"], c["min_lr"], c["warmup_steps"], c["max_steps"])
+    for step in (0, c["warmup_steps"], c["max_steps"] // 2, c["max_steps"] - 1):
+        want_lr = reference.lr_at(step, *args)
+        try:
+            got_lr = float(student.training.lr_at(step, *args))
+        except (StudentCodeError, TypeError, ValueError):
+            got_lr = None
+        if got_lr is None or not math.isclose(got_lr, want_lr, rel_tol=1e-6):
+            notes.append(f"your lr_at({step}, ...) gives {got_lr!r:.12}, the contract {want_lr:.6g}; charged by "
+                         f"'{LR_TEST}'")
+            break
+    parts = Parts()
+    read_groups(student, reference, device, c, budget["model"], parts)
+    kind = parts.groups[0]["type"] if parts.groups else "AdamW"
+    if kind != "AdamW":
+        notes.append(f"your configure_optimizer returns a torch.optim.{kind}, not an AdamW: its weight decay "
+                     f"is an L2 term added to the gradient (and rescaled by Adam) instead of a decay of the "
+                     f"weights themselves; charged by '{GROUPS_TEST}'")
+    elif parts.groups or parts.notes:
+        notes.append(f"your configure_optimizer's optimizer or param groups differ from the contract's; "
+                     f"charged by '{GROUPS_TEST}'")
+    if not notes:
+        return ""
+    return ("\nParts of yours this run used that differ from the contract (each charged by its own test; "
+            "they may explain the loss here):\n" + "\n".join(f"- {note}" for note in notes))
+
+
+def same_batch(got, want) -> bool:
+    return (isinstance(got, (tuple, list)) and len(got) == 2
+            and all(isinstance(a, torch.Tensor) and a.shape == b.shape and torch.equal(a.cpu().long(), b.cpu())
+                    for a, b in zip(got, want)))
 
 
 def reported_curve(history) -> str:

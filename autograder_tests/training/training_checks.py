@@ -54,6 +54,28 @@ def split(name: str) -> torch.Tensor:
     return encode((HERE / "data" / f"shakespeare_{name}.txt").read_text(encoding="utf-8"))
 
 
+def batch_variants(data, batch_size, block_size, seed):
+    """What known get_batch mistakes return for these inputs: {description: () -> (x, y) on the CPU}
+    (the get_batch tests name them; the budgeted run names them as the parts it used)."""
+    def windows(high, shift=1, swap=False, same=False):
+        def make():
+            ix = torch.randint(high, (batch_size,), generator=torch.Generator().manual_seed(seed))
+            x = torch.stack([data[i:i + block_size] for i in ix]).long()
+            y = torch.stack([data[i + shift:i + shift + block_size] for i in ix]).long()
+            return (x, x) if same else (y, x) if swap else (x, y)
+        return make
+    n = len(data) - block_size
+    return {
+        "y = x: the targets must be the inputs shifted one position left "
+        "(y[b] = data[ix[b] + 1 : ix[b] + block_size + 1])": windows(n, same=True),
+        "x and y are swapped": windows(n, swap=True),
+        "the targets are shifted by 2 positions instead of 1": windows(n, 2),
+        "ix is drawn from torch.randint(len(data) - block_size - 1, ...): use len(data) - block_size":
+            windows(n - 1),
+        "ix is drawn from torch.randint(len(data), ...): use len(data) - block_size": windows(len(data)),
+    }
+
+
 # ---- models ----------------------------------------------------------------------
 
 def config_for(device: str, **changes) -> dict:
@@ -107,6 +129,23 @@ def expect_rel_close(actual: torch.Tensor, expected: torch.Tensor, *, what: str,
         if buggy is not None and buggy.shape == actual.shape and relative_error(actual, buggy) <= rtol:
             raise CheckFailure(f"{what}: looks like {description}\n({problem})")
     raise CheckFailure(f"{what}: {problem}")
+
+
+def unclipped(grads: dict, grad_clip: float) -> str:
+    """Which clipping the gradients an optimizer step saw ({name: grad}) had, when their global
+    norm is above grad_clip: per parameter (the largest parameter norm is grad_clip, as
+    clip_grad_norm_ on one parameter leaves it), by value (the largest |value| is grad_clip),
+    or none."""
+    grads = {n: g.double() for n, g in grads.items() if g is not None and n != "lm_head.weight"}
+    if not grads:
+        return "the gradients are not clipped before optimizer.step() (clip between backward and step)"
+    if 0.99 * grad_clip <= max(g.norm().item() for g in grads.values()) <= 1.001 * grad_clip:
+        return ("each parameter's gradient is clipped on its own (each parameter's norm is at most "
+                "grad_clip); clip the GLOBAL norm over all parameters: "
+                "torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)")
+    if 0.99 * grad_clip <= max(g.abs().max().item() for g in grads.values()) <= 1.001 * grad_clip:
+        return "the gradients are clipped by value (clip_grad_value_), not by their global norm"
+    return "the gradients are not clipped before optimizer.step() (clip between backward and step)"
 
 
 # ---- a training loop with one mistake at a time ------------------------------------
