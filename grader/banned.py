@@ -240,3 +240,34 @@ def expect_no_banned_apis(root: Path, module: str, banned: Iterable[str]) -> Non
         if len(findings) > MAX_LINES:
             lines.append(f"... and {len(findings) - MAX_LINES} more")
         raise CheckFailure("banned APIs are used:\n" + "\n".join(lines))
+
+
+def expect_own_code_without_banned_apis(calls: Iterable, root: Path, module: str, banned: Iterable[str],
+                                        names: str) -> None:
+    """A stage's banned-API test: its points go to code of the student's own that calls no banned API.
+
+    `calls` are zero-argument functions that call into the submission (`lambda:
+    student.attention.scaled_dot_product_attention(q, k, v)`). The untouched skeleton
+    calls nothing, so at least one must get past it: return anything, or raise anything but
+    the skeleton's NotImplementedError. What it returns, and why it raises, are the other
+    tests' business: a value bug is never charged here again. A BannedAPIError at run time
+    (an alias the source scan misses) fails the test, with the scan's file and line when it
+    has them. `names` says what was called, for the feedback ("softmax, log_softmax, ...").
+    """
+    from grader.remote import StudentCodeError
+
+    calls = list(calls)
+    implemented = False
+    for call in calls:
+        try:
+            call()
+            implemented = True
+        except StudentCodeError as exc:
+            if exc.is_a("BannedAPIError"):
+                expect_no_banned_apis(root, module, banned)
+                raise CheckFailure(str(exc)) from None
+            implemented = implemented or not exc.is_a("NotImplementedError")
+    if not implemented:
+        raise CheckFailure(f"{names} still raise{'s' if len(calls) == 1 else ''} the skeleton's "
+                           "NotImplementedError, so there is no code of yours to check for banned APIs yet")
+    expect_no_banned_apis(root, module, banned)

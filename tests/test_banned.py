@@ -338,3 +338,31 @@ def test_operators_are_what_the_public_calls_run():
         assert all(p.isidentifier() for p in packets)
     assert traps.operators_for(["torch.nn.Transformer*"]) == dict.fromkeys(
         ("_transformer_encoder_layer_fwd", "_native_multi_head_attention"), "torch.nn.Transformer")
+
+
+def _raises(type_name: str):
+    from grader.worker.client import StudentException
+
+    def call():
+        raise StudentCodeError("f", StudentException(type_name, [type_name, "Exception"], "boom", ""))
+    return call
+
+
+def test_banned_points_need_own_code_not_working_code(tmp_path):
+    """The banned-API test pays for code of the student's own that calls no banned API: a function
+    that raises (a value bug) earns it, the skeleton's NotImplementedError does not, a banned call
+    caught at run time loses it."""
+    from grader.banned import expect_own_code_without_banned_apis
+
+    (tmp_path / "stage.py").write_text("import torch\n\ndef f(x):\n    return x[99]\n")
+    expect_own_code_without_banned_apis([_raises("NotImplementedError"), _raises("IndexError")],
+                                        tmp_path, "stage", ["torch.softmax"], "f and g both")
+    expect_own_code_without_banned_apis([lambda: None], tmp_path, "stage", ["torch.softmax"], "f")
+    with pytest.raises(CheckFailure, match="f and g both still raise the skeleton's NotImplementedError"):
+        expect_own_code_without_banned_apis([_raises("NotImplementedError")] * 2, tmp_path, "stage",
+                                            ["torch.softmax"], "f and g both")
+    with pytest.raises(CheckFailure, match="boom"):
+        expect_own_code_without_banned_apis([_raises("BannedAPIError")], tmp_path, "stage", ["torch.softmax"], "f")
+    (tmp_path / "stage.py").write_text("import torch\n\ndef f(x):\n    return torch.softmax(x, -1)\n")
+    with pytest.raises(CheckFailure, match="banned APIs are used"):
+        expect_own_code_without_banned_apis([lambda: None], tmp_path, "stage", ["torch.softmax"], "f")

@@ -16,7 +16,6 @@ import pytest
 import torch
 
 from grader.checks import CheckFailure, expect_close, expect_raises
-from grader.remote import StudentCodeError
 
 from embeddings_checks import int64, randn, rows_used, student_module, weight_grad  # this folder's helpers
 
@@ -234,25 +233,13 @@ def test_sinusoidal_odd(student, d_model):
 @pytest.mark.points(2)
 def test_no_banned_apis(student, submission_dir, reference):
     """embeddings.py and its helper modules call none of the banned APIs"""
-    from grader.banned import expect_no_banned_apis
+    from grader.banned import expect_own_code_without_banned_apis
 
-    # An untouched skeleton calls nothing at all: the points need some working code, that is a
-    # returned value; an exception of any type counts for nothing.
-    implemented = False
-    for call in (lambda: student.embeddings.one_hot(int64([1], "cpu"), 2),
-                 lambda: student.embeddings.cosine_similarity(torch.ones(2), torch.ones(2)),
-                 lambda: student.embeddings.sinusoidal_positions(2, 2)):
-        try:
-            call()
-            implemented = True
-            break
-        except StudentCodeError as exc:   # not implemented, or failing: judged by the other tests
-            if exc.is_a("BannedAPIError"):   # refused at run time (an alias the source check misses)
-                raise CheckFailure(str(exc)) from None
-    if not implemented:
-        raise CheckFailure("nothing in embeddings.py runs yet (one_hot, cosine_similarity and "
-                           "sinusoidal_positions all fail), so there is no code to check for banned APIs")
-    expect_no_banned_apis(submission_dir, "embeddings", reference.BANNED_APIS)
+    expect_own_code_without_banned_apis(
+        [lambda: student.embeddings.one_hot(int64([1], "cpu"), 2),
+         lambda: student.embeddings.cosine_similarity(torch.ones(2), torch.ones(2)),
+         lambda: student.embeddings.sinusoidal_positions(2, 2)],
+        submission_dir, "embeddings", reference.BANNED_APIS, "one_hot, cosine_similarity and sinusoidal_positions all")
 
 
 # ---- out-of-range ids: keep these last (see the module docstring) ----------------------
