@@ -254,11 +254,12 @@ class _Slot:
 
 def grade_all(submissions_dir: Path, out: Path, options: BatchOptions,
               progress: Callable[[Outcome], None] | None = None,
-              on_start: Callable[[int, int], None] | None = None) -> list[Outcome]:
+              on_start: Callable[[int, int], None] | None = None,
+              on_begin: Callable[[str], None] | None = None) -> list[Outcome]:
     """Grade this shard of `submissions_dir` into `out`; one Outcome per id, sorted by id.
 
     `on_start(to_report, skipped)` is called once the work is known; `progress(outcome)` after each
-    id that is not skipped (`to_report` of them).
+    id that is not skipped (`to_report` of them); `on_begin(id)` when a grading process takes an id.
     """
     from grader.worker.layers import protect_grading_process
 
@@ -296,7 +297,7 @@ def grade_all(submissions_dir: Path, out: Path, options: BatchOptions,
     for outcome in list(outcomes.values()):
         if progress and outcome.status == "error":
             progress(outcome)
-    runner = _run(todo, out, submissions_dir, options)
+    runner = _run(todo, out, submissions_dir, options, on_begin)
     try:
         for outcome in runner:
             outcome.regraded = reasons.get(outcome.id, "")
@@ -312,7 +313,8 @@ def grade_all(submissions_dir: Path, out: Path, options: BatchOptions,
     return [outcomes[sid] for sid in sorted(outcomes)]
 
 
-def _run(todo: list[tuple[str, str, dict]], out: Path, submissions_dir: Path, options: BatchOptions):
+def _run(todo: list[tuple[str, str, dict]], out: Path, submissions_dir: Path, options: BatchOptions,
+         on_begin: Callable[[str], None] | None = None):
     """Yield an Outcome per task as the grading processes finish them."""
     if not todo:
         return
@@ -337,6 +339,8 @@ def _run(todo: list[tuple[str, str, dict]], out: Path, submissions_dir: Path, op
                         slot.kill()
                         slots[index] = _Slot(context, config)
                         continue
+                    if on_begin:
+                        on_begin(queue[-1][0])
                     queue.pop()
             busy = [s for s in slots if s.task is not None]
             if not busy:

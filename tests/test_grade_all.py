@@ -259,3 +259,21 @@ def test_a_signal_stops_the_batch_at_once_and_keeps_what_finished(tmp_path, sign
     alive = [pid for pid in children if Path(f"/proc/{pid}").exists()
              and "Z" not in Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]]
     assert not alive, f"grading processes outlived the batch: {alive}"
+
+
+def test_progress_shows_what_is_in_flight_and_for_how_long(tmp_path):
+    """grade_all reports each id as a grading process takes it; the progress column lists the ids
+    being graded, longest-running first, with their seconds."""
+    from grader.commands.grade_all import InFlightColumn
+    from grader.grade_all import BatchOptions, grade_all as run_batch
+
+    (tmp_path / "subs" / "ada").mkdir(parents=True)
+    shutil.copy(ROOT / "solutions/bigram.py", tmp_path / "subs/ada/bigram.py")
+    begun, finished = [], []
+    run_batch(tmp_path / "subs", tmp_path / "out", BatchOptions(stage_names=["bigram"], device="cpu"),
+              progress=lambda outcome: finished.append((outcome.id, list(begun))), on_begin=begun.append)
+    assert finished == [("ada", ["ada"])]   # begun before it finished
+    now = time.monotonic()
+    column = InFlightColumn({"bob": now - 3, "ada": now - 41, "cy": now - 1, "dan": now - 2, "eve": now - 5})
+    assert column.render(None).plain == "now: ada 41s, eve 5s, bob 3s, dan 2s +1"
+    assert InFlightColumn({}).render(None).plain == ""

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from pathlib import Path
 
 import click
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.text import Text
 
 from grader import gradebook
 from grader.commands.common import CALL_TIMEOUT, Seconds, DEVICE, ISOLATION, console, stage_option
@@ -63,7 +66,9 @@ def command(submissions_dir: Path, out: Path, workers: int, shard: tuple[int, in
     options = BatchOptions(stage_names=list(stage_names), device=device, call_timeout=call_timeout,
                            workers=workers, shard=shard, force=force, submission_timeout=submission_timeout,
                            isolation=isolation)
+    in_flight: dict[str, float] = {}   # id -> when a grading process took it
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), InFlightColumn(in_flight),
                   console=console, transient=False) as progress:
         task = progress.add_task("grading", total=None)
 
@@ -72,7 +77,11 @@ def command(submissions_dir: Path, out: Path, workers: int, shard: tuple[int, in
             if skipped:
                 progress.console.print(f"skipping {skipped} already graded (--force grades them again)")
 
+        def begin(sid: str) -> None:
+            in_flight[sid] = time.monotonic()
+
         def done(outcome: Outcome) -> None:
+            in_flight.pop(outcome.id, None)
             if outcome.status == "error":
                 progress.console.print(f"[red]{escape(outcome.id)}[/]: {escape(outcome.error)}")
             progress.advance(task)
@@ -80,7 +89,7 @@ def command(submissions_dir: Path, out: Path, workers: int, shard: tuple[int, in
         interrupted = None
         previous = signal.signal(signal.SIGTERM, on_sigterm)   # stop like Ctrl-C: kill, keep what finished
         try:
-            outcomes = grade_all(submissions_dir, out, options, progress=done, on_start=started)
+            outcomes = grade_all(submissions_dir, out, options, progress=done, on_start=started, on_begin=begin)
         except Interrupted as exc:
             interrupted, outcomes = exc, exc.outcomes
         finally:
@@ -107,3 +116,19 @@ def command(submissions_dir: Path, out: Path, workers: int, shard: tuple[int, in
         sys.exit(128 + (signal.SIGTERM if interrupted.signal_name == "SIGTERM" else signal.SIGINT))
     console.print(f"{len(outcomes)} submissions: {counts['graded']} graded, {counts['skipped']} skipped, "
                   f"{counts['error']} could not be graded; gradebook written to {target}")
+
+
+class InFlightColumn(ProgressColumn):
+    """The submissions being graded now and how long each has run, longest first ("ada 41s")."""
+    max_shown = 4
+
+    def __init__(self, in_flight: dict[str, float]):
+        super().__init__()
+        self.in_flight = in_flight
+
+    def render(self, task) -> Text:
+        now = time.monotonic()
+        running = sorted(self.in_flight.items(), key=lambda item: item[1])[:self.max_shown]
+        shown = ", ".join(f"{sid} {now - began:.0f}s" for sid, began in running)
+        more = len(self.in_flight) - len(running)
+        return Text(f"now: {shown}" + (f" +{more}" if more > 0 else "") if running else "", style="dim")
