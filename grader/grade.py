@@ -41,6 +41,7 @@ class GradeOptions:
     hidden_paths: list[str] = field(default_factory=list)   # more paths the worker may not touch
     in_process: bool = False                                # benchmarks only: trusted code in-process
     stop_when: Callable[[TestRecord], bool] | None = None   # stop early (the corpus: once a bug is caught)
+    time_budget: float | None = None                        # seconds for the whole grading (Gradescope's limit)
     isolation: str = "auto"                                 # auto | strict (grader/worker/layers.py)
     protect_paths: list[str] = field(default_factory=list)  # folders of ours workers must not read (grade-all)
 
@@ -63,6 +64,7 @@ def grade(path: Path, options: GradeOptions | None = None) -> dict:
         session = GradingSession(
             loaded, devices=available_devices(options.device), call_timeout=options.call_timeout,
             in_process=options.in_process, stop_when=options.stop_when,
+            deadline=started + options.time_budget if options.time_budget else None,
             worker_options=WorkerOptions(
                 hidden_paths=[str(stages.project_root()), *options.hidden_paths],
                 memory_limit=options.memory_limit, isolation=options.isolation))
@@ -89,6 +91,9 @@ def _extra_data(loaded: submissions.Submission, session: GradingSession, chosen:
     graded = {s.name for s in chosen}
     problems = {m: text for m, text in {**loaded.problems, **session.import_problems()}.items() if m in graded}
     extra = {"llmgrade_problems": problems, "llmgrade_notes": list(loaded.notes)}
+    if session.not_started:
+        extra["llmgrade_not_started"] = len([r for r in session.records.values() if not r.passed
+                                             and r.feedback[:1] and r.feedback[0].startswith("not graded: the")])
     if iso is not None:
         extra["llmgrade_isolation"] = iso.level
     return extra
@@ -143,6 +148,8 @@ def _summary(loaded: submissions.Submission, session: GradingSession,
     problems = sorted(set(loaded.problems.values()))
     lines += problems
     lines += [f"grader error: {e}" for e in session.collection_errors]
+    if session.not_started:
+        lines.append("the grading run's time budget ran out: the tests after that point were not graded")
     if iso is not None:   # one line, first word "Graded": a status, not a problem (see gradebook)
         lines.append(f"Graded at {iso.summary()}" + (
             f"; made {len(protected)} course folder(s) unreadable to other users" if protected else "") + ".")

@@ -44,6 +44,9 @@ def row_for(sid: str, path: Path) -> Row:
         notes = "\n".join(extra.get("llmgrade_notes") or ())
         if not batch_error(results):
             error = "\n".join(filter(None, [error, *_root_causes(extra["llmgrade_problems"])]))
+        if extra.get("llmgrade_not_started"):
+            error = "\n".join(filter(None, [error, f"{extra['llmgrade_not_started']} tests not graded: "
+                                                    "the run's time budget ran out"]))
     else:   # a results.json from before llmgrade recorded its problems: read its output
         notes = ""
         problems = [line for line in results.get("output", "").splitlines() if not line.startswith("Graded")]

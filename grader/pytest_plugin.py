@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,8 +95,11 @@ class GradingSession:
 
     def __init__(self, submission: Submission | None, *, devices: list[str],
                  worker_options: WorkerOptions | None = None, call_timeout: float = 10.0,
-                 in_process: bool = False, stop_when: Callable[[TestRecord], bool] | None = None):
+                 in_process: bool = False, stop_when: Callable[[TestRecord], bool] | None = None,
+                 deadline: float | None = None):
         self.submission = submission
+        self.deadline = deadline        # time.monotonic() after which no test starts (a run's time budget)
+        self.not_started: set[str] = set()   # tests the time budget kept from starting
         self.stop_when = stop_when      # stop the run once a finished test's record satisfies it
         self.stopped_early = False
         self.devices = devices
@@ -156,6 +160,13 @@ class GradingSession:
 
     # -- outcomes
 
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """Past the run's time budget no test starts: results must be written before the platform's limit."""
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.not_started.add(item.nodeid)
+            item.session.shouldstop = "time budget"
+            pytest.skip("the grading run's time budget ran out")
+
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):
         report = yield
@@ -210,7 +221,13 @@ class GradingSession:
     def finished_records(self) -> list[TestRecord]:
         """Every record; a test that never ran is dropped after a deliberate early stop, else failed."""
         records = []
-        for record in self.records.values():
+        for nodeid, record in self.records.items():
+            if self.not_started and (not record.ran or nodeid in self.not_started):
+                record.passed, record.feedback = False, [
+                    "not graded: the grading run's time budget ran out before this test started (the tests "
+                    "before it took too long; the slowest are the ones whose feedback mentions a timeout)"]
+                records.append(record)
+                continue
             if not record.ran:
                 if self.stopped_early:
                     continue

@@ -380,3 +380,23 @@ def test_a_failing_stage_is_named_in_the_stages_that_use_it(make_submission):
     assert all(f"your transformer.py uses your attention.py, which fails {len(attention)} attention tests"
                in out for out in transformer), transformer[0]
     assert not any("uses your" in out for name, out in failed.items() if name.startswith("attention:"))
+
+
+def test_a_time_budget_stops_starting_tests_and_still_writes_results(make_submission, tmp_path, reference_results):
+    """Past --time-budget no test starts: the results are written in time, every test is listed,
+    the ones not started say why, and the gradebook's error column counts them."""
+    from grader import gradebook
+
+    spinning = replace_function(REFERENCE, "build_vocab", "def build_vocab(words):\n    while True:\n        pass\n")
+    out = tmp_path / "sid" / "results.json"
+    run = subprocess.run([sys.executable, "-m", "grader", "grade", str(make_submission({"bigram.py": spinning})),
+                          "--stage", "bigram", "--device", "cpu", "--timeout", "12", "--time-budget", "10",
+                          "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    results = json.loads(out.read_text())
+    gradescope.validate(results)
+    assert len(results["tests"]) == len(reference_results["tests"])   # every test is listed
+    not_started = [t for t in results["tests"] if t["output"].startswith("not graded: the grading run's time budget")]
+    assert 0 < len(not_started) < len(results["tests"]) and results["score"] == 0
+    assert "time budget ran out" in results["output"]
+    assert f"{len(not_started)} tests not graded: the run's time budget ran out" in gradebook.row_for("sid", out).error

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from grader.commands.common import CALL_TIMEOUT, DEVICE, ISOLATION, console, show_results, stage_option
+from grader.commands.common import CALL_TIMEOUT, Seconds, DEVICE, ISOLATION, console, show_results, stage_option
 from grader.feedback_html import render
 from grader.grade import GradeOptions, grade
 from grader.results import ResultsNotWritten, write
@@ -20,10 +20,13 @@ from grader.results import ResultsNotWritten, write
 @DEVICE
 @CALL_TIMEOUT
 @ISOLATION
+@click.option("--time-budget", type=Seconds(min=10, max=24 * 3600), default=None, metavar="SECONDS",
+              help="Start no test after this many seconds, so that results are written before a platform's "
+                   "limit (Gradescope's run_autograder passes its own). Default: no budget.")
 @click.option("--html", "html_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the feedback as one self-contained HTML page.")
 def command(submission: Path, stage_names: tuple[str, ...], out: Path, device: str,
-            call_timeout: float, isolation: str, html_out: Path | None) -> None:
+            call_timeout: float, isolation: str, time_budget: float | None, html_out: Path | None) -> None:
     """Grade one SUBMISSION (a folder, a .zip or notebooks) with the hidden tests.
 
     Writes results.json in Gradescope's schema and prints a summary. Exits 0
@@ -33,7 +36,7 @@ def command(submission: Path, stage_names: tuple[str, ...], out: Path, device: s
     """
     hidden = [str(out.resolve().parent)] + ([str(html_out.resolve().parent)] if html_out else [])
     options = GradeOptions(stage_names=list(stage_names), device=device, call_timeout=call_timeout,
-                           hidden_paths=hidden, isolation=isolation)
+                           hidden_paths=hidden, isolation=isolation, time_budget=time_budget)
     from grader.worker.layers import IsolationError
 
     try:
