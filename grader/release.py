@@ -130,8 +130,18 @@ submission.
 
 ```sh
 python3 -m venv .venv && . .venv/bin/activate
-pip install -e .          # installs torch, the other dependencies and the `llmgrade` command
+pip install torch --index-url https://download.pytorch.org/whl/cpu   # Linux: CPU-only torch first
+pip install -e .          # the other dependencies and the `llmgrade` command
 ```
+
+On Linux a plain `pip install torch` (or `pip install -e .` alone) takes the CUDA
+build: about 5.5 GB in the environment. The CPU-only build is a 183 MB download and
+about 0.9 GB installed (torch 2.13, measured 2026-12), and it is enough for every
+stage (the training stage runs on a CPU too, only slower). On macOS and Windows, `pip install -e .` alone
+already gives a CPU (or Apple-silicon) build.
+
+For the training stage on an NVIDIA GPU, install the CUDA build instead, in the same
+environment: `pip install --force-reinstall torch` (about 5.5 GB and several minutes).
 
 Install with `-e` (or run the commands from this folder, or set
 `LLMGRADE_ROOT` to it): `llmgrade` finds the handouts and the public tests

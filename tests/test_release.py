@@ -185,3 +185,13 @@ def test_the_license_is_an_spdx_expression():
     [setuptools] = [r for r in config["build-system"]["requires"] if r.startswith("setuptools")]
     minimum = re.fullmatch(r"setuptools>=(\d+).*", setuptools)
     assert minimum and int(minimum[1]) >= 77, setuptools
+
+
+def test_the_student_readme_installs_cpu_torch_first(bundle):
+    """On Linux `pip install -e .` alone pulls the multi-GB CUDA build of torch: the bundle's set-up
+    installs the CPU build first and says how to get the GPU one."""
+    readme = (bundle / "README.md").read_text(encoding="utf-8")
+    setup = readme[readme.index("## Set-up"):readme.index("## The stages")]
+    cpu = setup.index("pip install torch --index-url https://download.pytorch.org/whl/cpu")
+    assert cpu < setup.index("pip install -e .")
+    assert "5.5 GB" in setup and "183 MB" in setup and "--force-reinstall torch" in setup
