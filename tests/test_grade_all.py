@@ -277,3 +277,51 @@ def test_progress_shows_what_is_in_flight_and_for_how_long(tmp_path):
     column = InFlightColumn({"bob": now - 3, "ada": now - 41, "cy": now - 1, "dan": now - 2, "eve": now - 5})
     assert column.render(None).plain == "now: ada 41s, eve 5s, bob 3s, dan 2s +1"
     assert InFlightColumn({}).render(None).plain == ""
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below `pid`, read from /proc (ppid links)."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        children = [p for p, pp in parents.items() if pp == parent]
+        found.update(children)
+        todo += children
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_on_grade_takes_its_spinning_worker_along(tmp_path):
+    """`grade` killed while a student's call spins: no worker, template or helper outlives it."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "bigram.py").write_text("def build_vocab(words):\n    while True:\n        pass\n")
+    run = subprocess.Popen([sys.executable, "-m", "grader", "grade", str(tmp_path / "sub"), "--stage", "bigram",
+                            "--device", "cpu", "--timeout", "600", "--out", str(tmp_path / "r.json")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, below = time.monotonic() + 120, set()
+        while time.monotonic() < deadline and len(below) < 3:   # the template, the worker (and its supervisor)
+            time.sleep(0.5)
+            below = _descendants(run.pid)
+        assert below, "no worker started in 120 s"
+        below = _descendants(run.pid)
+        run.terminate()
+        run.wait(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    time.sleep(2)
+    assert not [pid for pid in below if _alive(pid)], "processes outlived `grade`"
