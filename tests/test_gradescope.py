@@ -12,6 +12,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -49,9 +50,9 @@ def unpack(zip_path: Path, root: Path) -> Path:
     return source
 
 
-def run_autograder(root: Path, python: str = sys.executable) -> dict:
+def run_autograder(root: Path, python: str = sys.executable, **more_env: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("LLMGRADE_ROOT", "PYTHONPATH")}
-    env.update(AUTOGRADER_ROOT=str(root), LLMGRADE_PYTHON=python)
+    env.update(AUTOGRADER_ROOT=str(root), LLMGRADE_PYTHON=python, **more_env)
     run = subprocess.run(["bash", str(root / "source" / "run_autograder")], cwd=root, env=env,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -101,6 +102,20 @@ def test_run_autograder_grades_a_reference_and_a_broken_submission(autograder_zi
     assert "end-of-word token is never counted" in failed, failed
 
 
+def test_run_autograder_keeps_to_its_time_budget(autograder_zip, tmp_path):
+    """A submission whose every call spins: no test starts after the budget, a grading that still
+    runs at budget + 90 s is stopped, and either way the results are written, saying so."""
+    unpack(autograder_zip, tmp_path)
+    (tmp_path / "submission").mkdir()
+    (tmp_path / "submission" / "bigram.py").write_text(
+        "def build_vocab(words):\n    while True:\n        pass\n")
+    started = time.monotonic()
+    results = run_autograder(tmp_path, LLMGRADE_TIME_BUDGET="10")
+    assert time.monotonic() - started < 10 + 90 + 60
+    assert results["score"] == 0 and results["tests"]
+    assert any(t["output"].startswith("not graded: the grading run's time budget ran out") for t in results["tests"])
+
+
 def test_run_autograder_always_leaves_valid_results(autograder_zip, tmp_path):
     """No submission folder (the grader exits with an error), then no Python at all."""
     unpack(autograder_zip, tmp_path)
@@ -109,6 +124,15 @@ def test_run_autograder_always_leaves_valid_results(autograder_zip, tmp_path):
     assert "could not grade" in results["output"] and "does not exist" in results["output"]
     results = run_autograder(tmp_path, python=str(tmp_path / "no-such-python"))
     assert results["score"] == 0 and "could not start" in results["output"]
+
+
+def test_build_states_the_container_it_was_measured_in(tmp_path):
+    """The instructor learns the memory and time grading needs, and Gradescope's setting to change."""
+    run = run_grader("gradescope", "build", tmp_path / "a.zip", "--stage", "bigram")
+    assert run.returncode == 0, run.stderr
+    text = " ".join(run.stdout.split())
+    assert "measured" in text and "peak" in text and "0.5 vCPU / 768 MB" in text, text
+    assert "Gradescope's settings" in text, text
 
 
 def test_torch_options_reach_setup(tmp_path):

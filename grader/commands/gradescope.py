@@ -54,3 +54,4 @@ def build(out_zip: Path, stage_names: tuple[str, ...], torch_index: str, torch_v
         raise click.ClickException(str(exc)) from None
     console.print(f"autograder written to {out_zip} ({len(names)} files); upload it on Gradescope "
                   "(Configure Autograder, Zip file upload)")
+    console.print(gradescope.container_note(), highlight=False)

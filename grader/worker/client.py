@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from grader.worker import cgroups, codec, framing, identity, layers, namespaces, sandbox
+from grader.worker import cgroups, codec, framing, identity, layers, live, namespaces, sandbox
 
 OUTPUT_KEEP = 64 * 1024
 
@@ -365,9 +365,17 @@ class WorkerSession:
         self.generation = 0
         self.pids: list[int] = []   # every worker it started (see template.sweep)
         self.output = ""
+        self.busy = False   # in a request: never closed to make room for another session
 
     def request(self, message: dict, timeout: float | None = None, *,
                 encode_handle=None, decode_handle=None) -> Any:
+        self.busy = True
+        try:
+            return self._request(message, timeout, encode_handle, decode_handle)
+        finally:
+            self.busy = False
+
+    def _request(self, message: dict, timeout: float | None, encode_handle, decode_handle) -> Any:
         worker = self.ensure_worker()
         frame = codec.encode(message, to_handle=encode_handle, with_grad=True,
                              max_bytes=self.options.max_bytes)
@@ -392,9 +400,11 @@ class WorkerSession:
     def ensure_worker(self) -> WorkerProcess:
         """The live worker, started (and `generation` advanced) if there is none."""
         if self.worker is None:
+            live.make_room(self)
             self.worker = WorkerProcess(self.submission_dir, self.options, self.work_root)
             self.pids.append(self.worker.pid)
             self.generation += 1
+        live.touch(self)
         return self.worker
 
     def _unpack(self, response: Any, message: dict) -> Any:
@@ -429,6 +439,7 @@ class WorkerSession:
         return output
 
     def discard(self) -> None:
+        live.forget(self)
         if self.worker is not None:
             self.worker.close()
             self.worker = None

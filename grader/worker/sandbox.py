@@ -1,7 +1,7 @@
 """What a worker does to itself, in this order, before it imports any submission code.
 
     1. own session (the grader kills its process group), stdout/stderr into a capped file,
-       every other inherited file descriptor closed;
+       every other inherited file descriptor closed, first in line for the OOM killer;
     2. cgroup: joins its memory and pids groups (cgroups.py), still root;
     3. namespaces: unshares mount, pid, network, ipc and uts, and builds its allow-listed
        root (namespaces.py); from here on it is pid 1 of its own namespace;
@@ -58,6 +58,7 @@ def enter(config: SandboxConfig) -> None:
     os.setsid()
     _redirect_output(config.output_path)
     _close_fds(config.keep_fds)
+    _oom_first()
     if config.cgroup_folders:
         cgroups.join(config.cgroup_folders)
     if config.mounts is not None:
@@ -107,6 +108,18 @@ def _close_fds(keep: tuple[int, ...]) -> None:
         os.closerange(low, fd)
         low = fd + 1
     os.closerange(low, 4096)
+
+
+def _oom_first() -> None:
+    """When the machine or the container (Gradescope: 768 MB, one cgroup for everything) runs
+    out of memory, the kernel kills the process with the highest score: a worker, never the
+    grading process, whose results would be lost. The worker's death fails that one test.
+    Raising one's own score needs no privilege; the processes it starts inherit it."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as adj:
+            adj.write("1000")
+    except OSError:
+        pass
 
 
 def _limit_resources(config: SandboxConfig) -> None:

@@ -15,6 +15,7 @@ exits, and is killed at the next request, whatever the isolation level.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -128,6 +129,12 @@ def main() -> None:
     libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
     sys.stdin = open(os.devnull)
     control = socket.socket(fileno=int(sys.argv[1]))
+    # Every fork shares the template's pages until it writes to them. The cyclic collector
+    # writes to the header of every object it visits, so a worker's first collection would
+    # copy the pages of torch's whole Python heap (tens of MB per worker); frozen objects are
+    # never visited. Reference counts still copy the pages of the objects a worker uses.
+    gc.collect()
+    gc.freeze()
     Template(control).run()
 
 
