@@ -86,6 +86,13 @@ def stage_banned_apis(stage: str) -> tuple[str, ...]:
     return declared_banned_apis(root / "solutions" / f"{stage}.py", root / "assignments" / f"{stage}.py")
 
 
+def imported_modules(tree: ast.AST) -> list[str]:
+    """The absolute imports of a parsed module, dotted, in order (`import a.b`, `from c import d`)."""
+    return [name for node in ast.walk(tree) for name in (
+        [alias.name for alias in node.names] if isinstance(node, ast.Import) else
+        [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])]
+
+
 def submission_modules(root: Path) -> set[str]:
     """Top-level module names the submission provides (files and packages at its root)."""
     return {p.stem for p in root.glob("*.py")} | {p.name for p in root.iterdir()
@@ -216,10 +223,7 @@ def find_banned_apis(root: Path, module: str, banned: Iterable[str]) -> list[Fin
             trees[path] = ast.parse(path.read_text(encoding="utf-8", errors="replace"), str(path))
         except (SyntaxError, ValueError):
             continue  # the import test reports the syntax error
-        queue += [node.module for node in ast.walk(trees[path])
-                  if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module]
-        queue += [alias.name for node in ast.walk(trees[path]) if isinstance(node, ast.Import)
-                  for alias in node.names]
+        queue += imported_modules(trees[path])
         queue = [name for name in queue if name.split(".")[0] in own_modules]
     own_functions = {node.name for tree in trees.values() for node in ast.walk(tree)
                      if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}

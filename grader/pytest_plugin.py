@@ -293,19 +293,18 @@ def uses_stages(root: Path, stage_names: list[str]) -> dict[str, list[str]]:
     modules of the submission}, read from the sources with `ast` (nothing is imported here)."""
     import ast
 
+    from grader.banned import imported_modules
+
+    files = sorted(root.glob("*.py"))
+    own = {path.stem for path in files}
     imports: dict[str, set[str]] = {}
-    for path in root.glob("*.py"):
+    for path in files:
         try:
             tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
         except (SyntaxError, ValueError, OSError):
             continue
-        found = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                found.update(alias.name.split(".")[0] for alias in node.names)
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                found.add(node.module.split(".")[0])
-        imports[path.stem] = found & {p.stem for p in root.glob("*.py")}
+        found = {name.split(".")[0] for name in imported_modules(tree)}
+        imports[path.stem] = found & own
     uses = {}
     for stage in stage_names:
         seen, todo = set(), [stage]

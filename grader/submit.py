@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grader import stages
-from grader.banned import find_banned_apis, stage_banned_apis
+from grader.banned import find_banned_apis, imported_modules, stage_banned_apis
 from grader.notebooks import NotebookError, export_module
 from grader.remote import RemoteSubmission, StudentCodeError, SubmissionProblem
 from grader.worker.client import WorkerOptions, WorkerSession
@@ -174,9 +174,7 @@ def _helpers(folder: Path, sources: dict[str, str], stage_names: set[str]) -> li
             tree = ast.parse(queue.pop())
         except (SyntaxError, ValueError):
             continue
-        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-        names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0 and n.module]
-        for name in names:
+        for name in imported_modules(tree):
             top = name.split(".")[0]
             if top in stage_names:
                 continue
