@@ -1,6 +1,6 @@
 """Our reference trainer and GPT against nanoGPT's published GPU run (needs CUDA).
 
-    python benchmarks/bench_train_gpu.py [--steps 5000] [--compile] [--max-seconds 90]
+    python benchmarks/bench_train_gpu.py [--steps 5000] [--compile] [--max-seconds 90] [--data FILE]
 
 nanoGPT's shakespeare_char config: n_layer 6, n_head 6, n_embd 384, block 256,
 batch 64, dropout 0.2, lr 1e-3 (100 warm-up steps, cosine to 1e-4 at 5,000), weight
@@ -46,14 +46,16 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--max-seconds", type=float, default=90.0)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--data", type=Path, default=ANCHOR,
+                        help="tinyshakespeare (default: ../shared/anchor-data/tinyshakespeare.txt)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench_train_gpu: CUDA is not available on this machine; nothing to measure "
               "(run it on a GPU host; see the docstring).")
         sys.exit(0)
 
-    if ANCHOR.exists():
-        text, source = ANCHOR.read_text(encoding="utf-8"), "tinyshakespeare (anchor data)"
+    if args.data.exists():
+        text, source = args.data.read_text(encoding="utf-8"), f"tinyshakespeare ({args.data.name})"
     else:
         text = (ROOT / "datasets" / "shakespeare.txt").read_text(encoding="utf-8")
         source = "datasets/shakespeare.txt (NOT nanoGPT's file: figures not comparable)"

@@ -4,6 +4,9 @@
 #   bash benchmarks/gpu_check.sh          # on a CUDA machine: about 10 minutes on one GPU
 #   bash benchmarks/gpu_check.sh --dry    # anywhere: each part's wiring, on the CPU, in seconds
 #
+#   PARTS="selfcheck train"                   # only these parts (default: all)
+#   TRAIN_ARGS="--max-seconds 90 --data F"    # passed on to bench_train_gpu.py
+#
 # Parts: doctor (isolation with the GPU's device nodes bound in), selfcheck on CUDA
 # (references full marks, skeletons zero), the corpus's correct entries and its
 # REQUIRES: cuda entries on CUDA, the device-parametrised tests of tests/, and the
@@ -24,9 +27,11 @@ if [[ $DRY == 0 ]] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is
     exit 2
 fi
 
+PARTS="${PARTS:-doctor selfcheck devices corpus train}"
 failed=0
 part() {  # part NAME SUMMARY_REGEX COMMAND...  (runs it, logs it, prints one summary line)
     local name="$1" summary="$2"; shift 2
+    [[ " $PARTS " == *" $name "* ]] || return 0
     local log="$LOG_DIR/$name.log" start=$SECONDS rc
     "$@" >"$log" 2>&1
     rc=$?
@@ -38,6 +43,19 @@ part() {  # part NAME SUMMARY_REGEX COMMAND...  (runs it, logs it, prints one su
         printf 'PART %-10s FAILED (%4d s)  rc %d, log %s: %s\n' "$name" $((SECONDS - start)) "$rc" "$log" "$last"
         failed=1
     fi
+}
+
+corpus_on_cuda() {  # the correct entries, one stage per process in parallel, then REQUIRES: cuda
+    local dir rc=0 stage
+    dir="$(mktemp -d)"
+    for stage in $(ls tests/corpus); do
+        "$PY" -m grader.corpus --kind correct --stage "$stage" --device cuda >"$dir/$stage.log" 2>&1 &
+    done
+    wait
+    for stage in $(ls tests/corpus); do cat "$dir/$stage.log"; done
+    grep -qE "^FAIL|Traceback" "$dir"/*.log && rc=1
+    "$PY" -m grader.corpus --requires cuda --device cuda || rc=1
+    return $rc
 }
 
 LEVEL="isolation level"
@@ -54,11 +72,10 @@ if [[ $DRY == 1 ]]; then
 else
     part doctor    "$LEVEL" "$PY" -m grader doctor
     part selfcheck "$STAGES" "$PY" -m grader selfcheck --device cuda
-    part corpus    "$BEHAVE|^FAIL" bash -c "'$PY' -m grader.corpus --kind correct --device cuda && \
-                            '$PY' -m grader.corpus --requires cuda --device cuda"
-    part devices   "$PASSED" "$PY" -m pytest -q -p no:cacheprovider tests/test_checks.py tests/test_worker.py \
-                       tests/test_training_fixtures.py -m "not slow"
-    part train     "val|loss|seconds" "$PY" benchmarks/bench_train_gpu.py --max-seconds 150
+    part corpus    "$BEHAVE|^FAIL" corpus_on_cuda
+    # every device-parametrised test of the suite, on its CUDA side (ids hold "cuda")
+    part devices   "$PASSED" "$PY" -m pytest -q -p no:cacheprovider tests -k cuda -m "not slow"
+    part train     "val|loss|seconds|PASS|NOT YET" "$PY" benchmarks/bench_train_gpu.py ${TRAIN_ARGS:---max-seconds 150}
 fi
 echo "logs: $LOG_DIR"
 exit $failed

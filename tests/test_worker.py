@@ -190,7 +190,7 @@ def test_worker_sees_only_its_copy(worker, tmp_path):
     assert seen["cwd"].endswith("submission") and not seen["cwd"].startswith(str(tmp_path))
     assert not any(str(tmp_path / "hidden") in p for p in seen["path"])
     assert set(seen["env"]) <= {"PATH", "LANG", "LC_ALL", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                "CUDA_VISIBLE_DEVICES", "HOME", "TMPDIR", "PYTHONDONTWRITEBYTECODE"}
+                                "CUDA_VISIBLE_DEVICES", "HOME", "TMPDIR", "PYTHONDONTWRITEBYTECODE", "USER", "LOGNAME"}
 
 
 def test_grader_never_unpickles(monkeypatch, worker):
@@ -265,3 +265,34 @@ def test_worker_runs_torch_on_one_thread_by_default(make_submission, session_for
     module = session.request({"op": "import", "module": "m"})
     fn = session.request({"op": "ref", "target": module, "name": "threads"})
     assert session.request({"op": "call", "target": fn, "args": [], "kwargs": {}, "backward": None}) == 1
+
+
+def test_a_worker_that_cannot_start_says_why(tmp_path):
+    """A failure in the worker's own start-up (this machine's set-up, never the submission) exits
+    with START_FAILED, its traceback last in the output file, and the grader's message names it."""
+    from types import SimpleNamespace
+
+    from grader.worker import sandbox, server
+    from grader.worker.client import WorkerProcess
+
+    output = tmp_path / "output.txt"
+    config = sandbox.SandboxConfig(workdir=str(tmp_path), submission_dir=str(tmp_path / "missing"),
+                                   output_path=str(output), memory_limit=None)
+    requests, responses = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # the worker's entry point, as the template calls it: chdir to a missing folder fails
+        server.main(requests, responses, config)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == sandbox.START_FAILED
+    assert "FileNotFoundError" in output.read_text()
+
+    worker = WorkerProcess.__new__(WorkerProcess)   # only what _death reads
+    worker.pid, worker.group = 0, None
+    worker.template = SimpleNamespace(exit_code=lambda pid: sandbox.START_FAILED)
+    worker.output_fd = os.open(output, os.O_RDONLY)
+    try:
+        message = worker._death()
+    finally:
+        os.close(worker.output_fd)
+    assert message.startswith("grader error: the worker could not start: FileNotFoundError"), message
+    assert "missing" in message

@@ -185,6 +185,7 @@ class WorkerProcess:
             hidden_digests=[sandbox.path_digest(p) for p in (*options.hidden_paths, str(work_root))],
             memory_limit=options.memory_limit, max_bytes=options.max_bytes, seed=options.seed,
             threads=options.threads, uid=uid, mounts=mounts,
+            limit_address_space=not namespaces.gpu_devices(),
             cgroup_folders=self.group.folders if self.group else [], seccomp=iso.seccomp)
         req_r, self.req_w = os.pipe()
         self.resp_r, resp_w = os.pipe()
@@ -232,7 +233,20 @@ class WorkerProcess:
             why = {"SIGSEGV": "a segmentation fault", "SIGKILL": "most likely out of memory",
                    "SIGABRT": "an abort", "SIGBUS": "a bus error"}.get(name, "a signal")
             return f"crashed: the worker process was killed by {name} ({why})"
+        if code in (sandbox.START_FAILED, sandbox.SERVE_FAILED):   # the grader's side broke: say where, for the TA
+            what = "could not start" if code == sandbox.START_FAILED else "broke while serving a request"
+            return f"grader error: the worker {what}: {self._last_error()}"
         return f"exited: the worker process ended with exit code {code} (os._exit or a crash)"
+
+    def _last_error(self) -> str:
+        """The last line of the traceback the worker wrote before a START_FAILED/SERVE_FAILED exit."""
+        try:
+            end = os.fstat(self.output_fd).st_size
+            tail = os.pread(self.output_fd, min(end, 8192), max(0, end - 8192)).decode(errors="replace")
+        except OSError:
+            return "(its output could not be read)"
+        lines = [line for line in tail.split("llmgrade worker: ")[-1].splitlines() if line.strip()]
+        return lines[-1].strip() if lines else "(no traceback)"
 
     @property
     def code_pid(self) -> int:

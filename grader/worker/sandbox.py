@@ -43,6 +43,10 @@ class SandboxConfig:
     output_path: str                  # where stdout and stderr go
     hidden_digests: list[str] = field(default_factory=list)   # see path_digest: never the paths
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT   # bytes of address space beyond start-up
+    # CUDA reserves address space for all of the GPU's and the host's memory when it starts
+    # (cudaGetDeviceCount fails with "out of memory" under any useful RLIMIT_AS): on a machine
+    # with a GPU the memory limit is the cgroup's and the client's watchdog's, not RLIMIT_AS.
+    limit_address_space: bool = True
     output_limit: int = DEFAULT_OUTPUT_LIMIT
     max_bytes: int = 512 * 2**20      # largest message either way
     keep_fds: tuple[int, ...] = ()
@@ -52,6 +56,12 @@ class SandboxConfig:
     mounts: dict | None = None        # layer 3: a namespaces.MountPlan as a dict (None: no namespaces)
     cgroup_folders: list[str] = field(default_factory=list)   # layer 2
     seccomp: bool = False             # layer 7
+
+
+# Exit codes the client reads as "the grader's side of the worker broke" (not the student's code):
+# the traceback is the last thing in the worker's output file (client.Worker._death shows it).
+START_FAILED = 86    # enter() or the Worker raised: this machine's set-up, never a submission
+SERVE_FAILED = 87    # the request loop itself raised (framing, a reply that cannot be written)
 
 
 def enter(config: SandboxConfig) -> None:
@@ -130,7 +140,7 @@ def _limit_resources(config: SandboxConfig) -> None:
         resource.setrlimit(resource.RLIMIT_NPROC, (MAX_PROCESSES, MAX_PROCESSES))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails, not the process
     resource.setrlimit(resource.RLIMIT_FSIZE, (config.output_limit, config.output_limit))
-    if config.memory_limit is not None:
+    if config.memory_limit is not None and config.limit_address_space:
         limit = _address_space() + config.memory_limit
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
@@ -149,7 +159,10 @@ def _clean_environment(config: SandboxConfig) -> None:
     tmp = "/tmp" if config.mounts is not None else os.path.join(config.workdir, "tmp")   # private there
     os.makedirs(tmp, exist_ok=True)
     os.environ.clear()
-    os.environ.update(keep, HOME=config.workdir, TMPDIR=tmp, PYTHONDONTWRITEBYTECODE="1")
+    # USER and LOGNAME: getpass.getuser() reads them before the password database, which has no
+    # entry for a worker's uid (torch.optim imports torch._dynamo, which asks for the user name).
+    os.environ.update(keep, HOME=config.workdir, TMPDIR=tmp, PYTHONDONTWRITEBYTECODE="1",
+                      USER="llmgrade-worker", LOGNAME="llmgrade-worker")
     sys.dont_write_bytecode = True
 
 

@@ -215,15 +215,23 @@ def _flush() -> None:
 
 def main(requests_fd: int, responses_fd: int, config: sandbox.SandboxConfig) -> None:
     """The worker's entry point, in the child just forked from the template; never returns."""
+    code = sandbox.START_FAILED
     try:
         config.keep_fds = (requests_fd, responses_fd)
         sandbox.enter(config)
         worker = Worker(config.submission_dir, config.max_bytes)
+        code = sandbox.SERVE_FAILED
         while True:
             try:
                 frame = framing.read_frame(requests_fd, max_bytes=config.max_bytes)
             except framing.FrameClosed:
                 break
             framing.write_frame(responses_fd, worker.handle(frame))
+        code = 0
+    except BaseException:  # noqa: BLE001 -- reported, then the exit code says which side broke
+        try:
+            os.write(2, ("\nllmgrade worker: " + traceback.format_exc()).encode(errors="replace"))
+        except BaseException:  # noqa: BLE001
+            pass
     finally:
-        os._exit(0)
+        os._exit(code)

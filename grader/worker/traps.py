@@ -16,6 +16,7 @@ in the worker; the source check on the grading side is `grader/banned.py`.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import functools
 import importlib
 import types
@@ -221,7 +222,23 @@ def refuse_operators(names: list[str]) -> list[str]:
                     if key == "Meta" and composite:
                         continue
                     if torch._C._dispatch_has_kernel_for_dispatch_key(qualified, key):
-                        _library.impl(overload, kernel, key)
+                        _override(overload, qualified, kernel, key)
                 _refused[qualified] = public
                 done.append(qualified)
     return done
+
+
+def _override(overload: Any, qualified: str, kernel: Any, key: str) -> None:
+    """Register `kernel` for `key`, over whatever is there, a kernel torch itself registered
+    from Python included (its meta and decomposition kernels). torch >= 2.12 does that when
+    asked (allow_override); before, torch.library refuses any second Python kernel for an
+    operator and key ("This is not allowed since there's already a kernel registered from
+    python"), so its registry of them (`torch.library._impls`) forgets that one first."""
+    if _ALLOW_OVERRIDE:
+        _library.impl(overload, kernel, key, allow_override=True)
+        return
+    getattr(torch.library, "_impls", set()).discard(f"aten/{qualified.split('::')[-1]}/{key}")
+    _library.impl(overload, kernel, key)
+
+
+_ALLOW_OVERRIDE = "allow_override" in inspect.signature(torch.library.Library.impl).parameters
