@@ -27,10 +27,10 @@ from __future__ import annotations
 import fnmatch
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from grader import scratch
 from grader.grade import GradeOptions, grade
 from grader.results import grader_errors
 
@@ -118,16 +118,16 @@ def judge(entry: Entry, options: GradeOptions | None = None, *, full: bool = Fal
             expect is None or expect in "\n".join(record.feedback)))
     else:
         options.stop_when = lambda record: records.append(record) and False
-    scratch = Path(tempfile.mkdtemp(prefix="llmgrade-corpus-"))
+    folder = scratch.mkdtemp("llmgrade-corpus-")
     try:
         if entry.path.is_dir():
-            shutil.copytree(entry.path, scratch / "submission")
+            shutil.copytree(entry.path, folder / "submission")
         else:
-            (scratch / "submission").mkdir()
-            shutil.copy(entry.path, scratch / "submission" / f"{entry.stage}.py")
-        results = grade(scratch / "submission", options)
+            (folder / "submission").mkdir()
+            shutil.copy(entry.path, folder / "submission" / f"{entry.stage}.py")
+        results = grade(folder / "submission", options)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
     score = results["score"]
     crashed = grader_errors(results)
     maximum = sum(t["max_score"] for t in results["tests"])

@@ -12,7 +12,6 @@ import contextlib
 import io
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -23,7 +22,7 @@ import click
 import pytest
 
 from grader import results as gradescope
-from grader import stages, submission as submissions
+from grader import scratch, stages, submission as submissions
 from grader.pytest_plugin import GradingSession, TestRecord, available_devices
 from grader.worker import identity, layers, namespaces
 from grader.worker.client import WorkerOptions
@@ -58,9 +57,9 @@ def grade(path: Path, options: GradeOptions | None = None) -> dict:
     protected = _protect(iso, options.protect_paths) if not options.in_process else []
     chosen = stages.select(options.stage_names)
     all_modules = [s.name for s in stages.discover()]
-    scratch = Path(tempfile.mkdtemp(prefix="llmgrade-grade-"))
+    work = scratch.mkdtemp("llmgrade-grade-")
     try:
-        loaded = submissions.load(Path(path), all_modules, scratch / "submission")
+        loaded = submissions.load(Path(path), all_modules, work / "submission")
         session = GradingSession(
             loaded, devices=available_devices(options.device), call_timeout=options.call_timeout,
             in_process=options.in_process, stop_when=options.stop_when,
@@ -77,7 +76,7 @@ def grade(path: Path, options: GradeOptions | None = None) -> dict:
                 records.append(_no_tests(stage, suite))
         summary = _summary(loaded, session, iso if not options.in_process else None, protected)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     return gradescope.build(records, stage_order={s.name: s.order for s in chosen},
                             execution_time=time.monotonic() - started, output=summary,
                             leaderboard=session.leaderboard_entries,

@@ -36,7 +36,7 @@ import jsonschema
 
 from grader import fingerprint
 from grader import results as gradescope
-from grader import stages
+from grader import scratch, stages
 
 ERROR_KEY = "llmgrade_error"          # extra_data key of a submission the batch could not grade
 DEFAULT_SUBMISSION_TIMEOUT = 1800.0   # seconds for one whole submission, the backstop
@@ -374,9 +374,11 @@ def _run(todo: list[tuple[str, str, dict]], out: Path, submissions_dir: Path, op
     except BaseException:   # interrupted (or closed early): stop now, not after the submissions in flight
         for slot in slots:
             slot.kill()
+        scratch.sweep()   # the killed grading processes' temporary folders
         raise
     for slot in slots:
         slot.stop()
+    scratch.sweep()       # those of any grading process killed on the way (a timeout, a crash)
 
 
 def _failed(out: Path, sid: str, message: str, slot: _Slot) -> Outcome:

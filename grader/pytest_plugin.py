@@ -28,7 +28,7 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from grader import stages
+from grader import scratch, stages
 from grader.banned import stage_banned_apis
 from grader.checks import CheckFailure
 from grader.remote import LocalSubmission, RemoteSubmission, StudentCodeError, SubmissionProblem
@@ -362,6 +362,4 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _tempdir() -> Path:
-    import tempfile
-
-    return Path(tempfile.mkdtemp(prefix="llmgrade-submission-")) / "submission"
+    return scratch.mkdtemp("llmgrade-submission-") / "submission"

@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import ast
 import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grader import stages
+from grader import scratch, stages
 from grader.banned import find_banned_apis, imported_modules, stage_banned_apis
 from grader.notebooks import NotebookError, export_module
 from grader.remote import RemoteSubmission, StudentCodeError, SubmissionProblem
@@ -195,9 +194,9 @@ def _helpers(folder: Path, sources: dict[str, str], stage_names: set[str]) -> li
 def _check_in_scratch(report: Report, sources: dict[str, str], texts: dict[str, str],
                       import_timeout: float) -> None:
     """Banned-API scan and a real import in a worker, on a copy of exactly what would be packed."""
-    scratch = Path(tempfile.mkdtemp(prefix="llmgrade-submit-"))
+    work = scratch.mkdtemp("llmgrade-submit-")
     try:
-        root = scratch / "modules"
+        root = work / "modules"
         root.mkdir()
         for stage_name, text in texts.items():
             (root / f"{stage_name}.py").write_text(text, encoding="utf-8")
@@ -218,7 +217,7 @@ def _check_in_scratch(report: Report, sources: dict[str, str], texts: dict[str, 
             if error:
                 entry.problems.append(error)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _import_error(root: Path, module: str, banned: tuple[str, ...], problems: dict[str, str],

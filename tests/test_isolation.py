@@ -322,3 +322,59 @@ def test_timing_measures_the_process_that_runs_the_code(full):
     before = _process_cpu_seconds(worker.code_pid)
     full("spin", 0.3)
     assert _process_cpu_seconds(worker.code_pid) - before > 0.1
+
+
+# Run as its own process, moved into OUTER (a memory cgroup with a limit, like a Slurm job's or a
+# container's): the worker's groups nest inside it, so a worker cannot use the memory the job lacks.
+_INSIDE_A_JOB = r"""
+import os, sys
+from pathlib import Path
+outer = Path(sys.argv[1])
+(outer / "cgroup.procs").write_text(str(os.getpid()))
+from grader.worker.client import WorkerCrashed, WorkerOptions, WorkerSession
+folder = Path(sys.argv[2])
+session = WorkerSession(folder, WorkerOptions(hidden_paths=[]), default_timeout=60)
+module = session.request({"op": "import", "module": "m"})
+fill = session.request({"op": "getattr", "target": module, "name": "fill"})
+session.request({"op": "call", "target": fill, "args": [1], "kwargs": {}, "backward": None})   # started
+mine = [line for line in Path(f"/proc/{session.worker.code_pid}/cgroup").read_text().splitlines() if ":memory:" in line]
+print("worker in", mine[0].split(":", 2)[2])
+usage = int((outer / "memory.usage_in_bytes").read_text())
+(outer / "memory.limit_in_bytes").write_text(str(usage + 200 * 2**20))   # 200 MB left for the job
+try:
+    session.request({"op": "call", "target": fill, "args": [600], "kwargs": {}, "backward": None})
+    print("filled 600 MB")
+except WorkerCrashed as exc:
+    print("stopped:", exc)
+session.close()
+"""
+
+
+def test_worker_groups_nest_in_the_graders_own_cgroup(make_submission, tmp_path):
+    """A job's memory limit (Slurm's cgroup, a container's) holds for its workers: their groups are
+    made inside the grading process's own cgroup, not beside it at the hierarchy's top."""
+    import subprocess
+    import sys
+
+    from grader.worker import cgroups
+
+    if not layers.isolation().cgroups or cgroups.version() != 1:
+        pytest.skip("needs the cgroup layer on cgroup v1 to make the job's group "
+                    f"(this machine: {layers.isolation().summary()}, v{cgroups.version()})")
+    outer = cgroups.ROOT / "memory" / cgroups._own_path("memory") / f"llmgrade-test-job-{os.getpid()}"
+    outer.mkdir()
+    folder = make_submission({"m.py": "def fill(mb):\n    global kept\n    kept = bytearray(mb * 2**20)\n"
+                                      "    kept[::4096] = b'x' * len(kept[::4096])\n    return mb\n"})
+    try:
+        run = subprocess.run([sys.executable, "-c", _INSIDE_A_JOB, str(outer), str(folder)], capture_output=True,
+                             text=True, timeout=120)
+    finally:
+        for pid in (outer / "cgroup.procs").read_text().split():
+            os.kill(int(pid), 9)
+        time.sleep(0.5)
+        for folder, _, _ in sorted(os.walk(outer), key=lambda entry: -len(entry[0])):   # deepest first
+            os.rmdir(folder)
+    assert run.returncode == 0, run.stdout + run.stderr
+    inside = "/" + str(outer.relative_to(cgroups.ROOT / "memory")) + "/" + cgroups.GROUP + "/"
+    assert f"worker in {inside}" in run.stdout, run.stdout
+    assert "stopped:" in run.stdout and "filled" not in run.stdout, run.stdout

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 import click
@@ -30,7 +32,8 @@ def command(submission: Path, stage_names: tuple[str, ...], out: Path, device: s
     """Grade one SUBMISSION (a folder, a .zip or notebooks) with the hidden tests.
 
     Writes results.json in Gradescope's schema and prints a summary. Exits 0
-    whenever grading completed, whatever the score.
+    whenever grading completed, whatever the score; stopped by Ctrl-C or SIGTERM, it
+    writes what finished and exits 130 or 143.
 
     Example: llmgrade grade submissions/ada.zip --stage bigram --out ada.json --html ada.html
     """
@@ -39,10 +42,20 @@ def command(submission: Path, stage_names: tuple[str, ...], out: Path, device: s
                            hidden_paths=hidden, isolation=isolation, time_budget=time_budget)
     from grader.worker.layers import IsolationError
 
+    stopped_by: list[int] = []
+
+    def stop(signum, frame) -> None:   # Ctrl-C and SIGTERM: the tests left are reported as not run
+        stopped_by.append(signum)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         results = grade(submission, options)
     except IsolationError as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     try:
         written = write(results, out)
     except ResultsNotWritten as exc:
@@ -54,3 +67,7 @@ def command(submission: Path, stage_names: tuple[str, ...], out: Path, device: s
         html_out.parent.mkdir(parents=True, exist_ok=True)
         html_out.write_text(render(results, title=f"Feedback for {submission.name}"), encoding="utf-8")
         console.print(f"feedback page written to {html_out}")
+    if stopped_by:   # not "grading completed": the exit status says so (128 + the signal)
+        console.print(f"[red]stopped by {signal.Signals(stopped_by[0]).name}[/]: the results hold the tests "
+                      "that finished; the others are marked as not run")
+        sys.exit(128 + stopped_by[0])

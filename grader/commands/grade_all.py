@@ -60,9 +60,13 @@ def command(submissions_dir: Path, out: Path, workers: int, shard: tuple[int, in
     from grader.worker.layers import IsolationError, isolation as probe
 
     try:
-        probe(isolation)   # refuse here, once, rather than in every grading process
+        level = probe(isolation)   # refuse here, once, rather than in every grading process
     except IsolationError as exc:
         raise click.ClickException(str(exc)) from None
+    if level.level != "full":   # said once, before hours of grading, not only inside each results.json
+        missing = "; ".join(f"{name}: {why}" for name, active, why in level.report() if not active)
+        console.print(f"[yellow]warning:[/] grading at isolation level {level.level!r}, not full "
+                      f"({missing}). `llmgrade doctor` explains each layer; --isolation strict refuses this.")
     options = BatchOptions(stage_names=list(stage_names), device=device, call_timeout=call_timeout,
                            workers=workers, shard=shard, force=force, submission_timeout=submission_timeout,
                            isolation=isolation)

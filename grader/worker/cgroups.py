@@ -77,7 +77,46 @@ def _is_cgroup2(path: Path) -> bool:
 
 
 def _parents(v: int) -> list[Path]:
-    return [ROOT / "memory" / GROUP, ROOT / "pids" / GROUP] if v == 1 else [ROOT / GROUP]
+    """Where worker groups go: inside this process's own cgroup, so that a job's limits (Slurm's
+    cgroup, a container's, a systemd slice's) hold for the workers too. On v2 that needs the
+    controllers delegated through our own group, which the kernel refuses while it holds
+    processes (ours, a job's shell): then the hierarchy's top (`_v2_top`)."""
+    if v == 1:
+        return [ROOT / "memory" / _own_path("memory") / GROUP, ROOT / "pids" / _own_path("pids") / GROUP]
+    return [_v2_top() / GROUP]
+
+
+def _own_path(controller: str = "") -> str:
+    """This process's cgroup for `controller` (v1) or in the unified hierarchy (""), relative."""
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controller in controllers.split(",") or (not controller and not controllers):
+                return path.lstrip("/")
+    except (OSError, ValueError):
+        pass
+    return ""
+
+
+_top: Path | None = None
+
+
+def _v2_top() -> Path:
+    """Our own v2 group when memory and pids can be delegated through it, else the root."""
+    global _top
+    if _top is None:
+        own = ROOT / _own_path()
+        _top = own if own == ROOT or _delegated(own) else ROOT
+    return _top
+
+
+def _delegated(group: Path) -> bool:
+    try:
+        if not {"memory", "pids"} <= set((group / "cgroup.subtree_control").read_text().split()):
+            (group / "cgroup.subtree_control").write_text("+memory +pids")
+        return True
+    except OSError:   # EBUSY: processes in it; ENOENT/EACCES: not ours to change
+        return False
 
 
 def usable() -> str:
@@ -96,10 +135,11 @@ def usable() -> str:
             probe.mkdir(exist_ok=True)
             probe.rmdir()
         if v == 2:
-            controllers = (ROOT / "cgroup.subtree_control").read_text().split()
+            top = _v2_top()
+            controllers = (top / "cgroup.subtree_control").read_text().split()
             if not {"memory", "pids"} <= set(controllers):
-                (ROOT / "cgroup.subtree_control").write_text("+memory +pids")
-            (ROOT / GROUP / "cgroup.subtree_control").write_text("+memory +pids")
+                (top / "cgroup.subtree_control").write_text("+memory +pids")
+            (top / GROUP / "cgroup.subtree_control").write_text("+memory +pids")
     except OSError as exc:
         return f"cannot make a cgroup under {ROOT} ({exc.strerror or exc})"
     return ""

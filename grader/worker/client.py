@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from grader import scratch
 from grader.worker import cgroups, codec, framing, identity, layers, live, namespaces, sandbox
 
 OUTPUT_KEEP = 64 * 1024
@@ -373,7 +374,7 @@ class WorkerSession:
         self.submission_dir = Path(submission_dir)
         self.options = options or WorkerOptions()
         self.default_timeout = default_timeout
-        self.work_root = Path(tempfile.mkdtemp(prefix="llmgrade-"))
+        self.work_root = scratch.mkdtemp("llmgrade-")
         os.chmod(self.work_root, 0o711)   # workers (other uids) reach their own folder, list nothing
         self.worker: WorkerProcess | None = None
         self.generation = 0
