@@ -18,10 +18,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Callable
 
-import click
 import pytest
 
 from grader import results as gradescope
+from grader.errors import UsageProblem
 from grader import scratch, stages, submission as submissions
 from grader.pytest_plugin import GradingSession, TestRecord, available_devices
 from grader.worker import identity, layers, namespaces
@@ -49,8 +49,8 @@ def grade(path: Path, options: GradeOptions | None = None) -> dict:
     """Grade the submission at `path`; returns a validated Gradescope results dict."""
     options = options or GradeOptions()
     if options.tests == "hidden" and not (stages.project_root() / "autograder_tests").is_dir():
-        raise click.ClickException("hidden tests are not part of the student bundle; "
-                                   "`llmgrade check` runs the public tests")
+        raise UsageProblem("hidden tests are not part of the student bundle; "
+                           "`llmgrade check` runs the public tests")
     started = time.monotonic()
     layers.protect_grading_process()
     iso = layers.isolation(options.isolation)
