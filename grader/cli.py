@@ -1,6 +1,12 @@
 """The `llmgrade` command line: a click group whose commands live in grader/commands/, one per module.
 
-Errors are one line and a non-zero exit; set LLMGRADE_DEBUG=1 for the traceback.
+A command's module is imported only when that command runs (or for `--help`, which reads each
+command's short help): their tops import click and rich, never torch, so `llmgrade --help` and
+the commands that grade nothing start in a fraction of a second (benchmarks/bench_cli_start.py).
+
+Exit codes (grader/errors.py): 0 done, 1 a test failed or problems were found, 2 bad usage,
+3 internal error. Errors are one line; an internal error's traceback goes to a file named in
+that line (LLMGRADE_DEBUG=1 prints it instead).
 """
 
 from __future__ import annotations
@@ -9,42 +15,71 @@ import importlib
 import os
 import pkgutil
 import sys
+import tempfile
+import traceback
 
 import click
 
 from grader import commands
+from grader.errors import INTERNAL, GraderError
+
+NOT_COMMANDS = {"common"}   # modules of grader/commands/ that hold shared code, not a command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """The commands of grader/commands/: module `grade_all` is command `grade-all`, its `command`."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(info.name.replace("_", "-") for info in pkgutil.iter_modules(commands.__path__)
+                      if info.name not in NOT_COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in self.list_commands(ctx):
+            return None
+        module = importlib.import_module(f"grader.commands.{name.replace('-', '_')}")
+        return module.command
+
+    # The contract: an error is one line. click shows a usage error with the usage and a hint
+    # above it when the error knows its context: forget it, and only "Error: ..." is printed.
+    def make_context(self, *args, **kwargs) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            exc.ctx = None
+            raise
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            exc.ctx = None
+            raise
+
+
+EPILOG = ("Exit codes: 0 done (grade, grade-all: grading completed, whatever the score), 1 a test "
+          "failed or problems were found, 2 bad usage, 3 internal error (a bug of ours).")
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=EPILOG)
 @click.version_option(package_name="llmgrade")
 def cli() -> None:
     """Grade the stages of the GPT course: hidden tests, run safely, Gradescope results."""
 
 
-def _add_commands() -> None:
-    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
-        module = importlib.import_module(f"grader.commands.{info.name}")
-        if isinstance(getattr(module, "command", None), click.Command):
-            cli.add_command(module.command)
-
-
-_add_commands()
-
-
 def main() -> None:
+    """The console script: click's own handling of usage errors (exit 2) and of its exceptions,
+    one line for our GraderError (its exit code), and exit 3 for anything else."""
     try:
-        code = cli(standalone_mode=False)   # returns a command's ctx.exit(code) instead of exiting
-        sys.exit(code if isinstance(code, int) else 0)
-    except click.exceptions.Exit as exc:
+        cli.main(prog_name="llmgrade", standalone_mode=True)
+    except GraderError as exc:
+        click.echo(f"Error: {exc}", err=True)
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        click.echo(f"Error: {exc.format_message()}", err=True)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        sys.exit(1)
-    except Exception as exc:  # noqa: BLE001 -- one line, never a traceback
+    except Exception as exc:  # noqa: BLE001 -- a bug of ours: one line, the traceback in a file
         if os.environ.get("LLMGRADE_DEBUG"):
             raise
-        click.echo(f"Error: {type(exc).__name__}: {exc}", err=True)
-        sys.exit(2)
+        with tempfile.NamedTemporaryFile("w", prefix="llmgrade-crash-", suffix=".txt", delete=False) as log:
+            traceback.print_exc(file=log)
+        click.echo(f"Internal error (a bug in llmgrade, not in your work): {type(exc).__name__}: {exc}\n"
+                   f"The traceback is in {log.name} (LLMGRADE_DEBUG=1 prints it here); please report it.",
+                   err=True)
+        sys.exit(INTERNAL)

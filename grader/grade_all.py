@@ -32,7 +32,6 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Callable
 
-import jsonschema
 
 from grader import fingerprint
 from grader import results as gradescope
@@ -121,6 +120,8 @@ def results_path(out: Path, sid: str) -> Path:
 
 def load_results(path: Path) -> dict | None:
     """The results.json at `path` if it is readable and follows the schema, else None."""
+    import jsonschema
+
     try:
         results = json.loads(Path(path).read_text(encoding="utf-8"))
         gradescope.validate(results)

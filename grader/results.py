@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-import jsonschema
-
-from grader.pytest_plugin import TestRecord
+if TYPE_CHECKING:   # the command line reads results without torch (pytest_plugin imports it)
+    from grader.pytest_plugin import TestRecord
 
 
 GRADER_ERROR = "grader-error"   # the tag of a test the grader itself failed to run (never the student's fault)
@@ -62,6 +61,8 @@ def build(records: Iterable[TestRecord], *, stage_order: dict[str, int], executi
 
 def validate(results: dict) -> None:
     """Raise jsonschema.ValidationError unless `results` follows Gradescope's schema."""
+    import jsonschema
+
     jsonschema.validate(results, schema())
 
 

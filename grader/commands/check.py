@@ -17,9 +17,7 @@ from rich.table import Table
 
 from grader import stages
 from grader.commands.common import DEVICE, console, known_stages
-from grader.grade import GradeOptions, grade
 from grader.results import stage_scores
-from grader.submit import has_stage_modules
 
 SHORT_LINES = 2   # feedback lines per failed test without --verbose
 
@@ -38,6 +36,9 @@ def command(stage_names: tuple[str, ...], path: Path, device: str, verbose: bool
 
     Example: llmgrade check bigram --path ~/llm-course
     """
+    from grader.grade import GradeOptions, grade
+    from grader.submit import has_stage_modules
+
     all_names = [s.name for s in stages.discover()]
     if path.is_dir() and not has_stage_modules(path, all_names) and not any(
             has_stage_modules(sub, all_names) for sub in path.iterdir() if sub.is_dir()):
@@ -47,7 +48,7 @@ def command(stage_names: tuple[str, ...], path: Path, device: str, verbose: bool
     with console.status("running the public tests..."):
         results = grade(path, GradeOptions(stage_names=list(stage_names), device=device, tests="public"))
     if not show(results, verbose):
-        sys.exit(1)   # not ctx.exit: cli.main runs click with standalone_mode=False, which drops its code
+        sys.exit(1)
 
 
 def show(results: dict, verbose: bool = False) -> bool:

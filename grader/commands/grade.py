@@ -9,9 +9,6 @@ from pathlib import Path
 import click
 
 from grader.commands.common import CALL_TIMEOUT, Seconds, DEVICE, ISOLATION, console, show_results, stage_option
-from grader.feedback_html import render
-from grader.grade import GradeOptions, grade
-from grader.results import ResultsNotWritten, write
 
 
 @click.command("grade")
@@ -37,6 +34,10 @@ def command(submission: Path, stage_names: tuple[str, ...], out: Path, device: s
 
     Example: llmgrade grade submissions/ada.zip --stage bigram --out ada.json --html ada.html
     """
+    from grader.feedback_html import render
+    from grader.grade import GradeOptions, grade
+    from grader.results import ResultsNotWritten, write
+
     hidden = [str(out.resolve().parent)] + ([str(html_out.resolve().parent)] if html_out else [])
     options = GradeOptions(stage_names=list(stage_names), device=device, call_timeout=call_timeout,
                            hidden_paths=hidden, isolation=isolation, time_budget=time_budget)

@@ -10,7 +10,6 @@ from rich.table import Table
 
 from grader import stages
 from grader.commands.common import DEVICE, ISOLATION, console, stage_option
-from grader.grade import GradeOptions, grade
 from grader.results import GRADER_ERROR, grader_errors, stage_scores
 
 
@@ -23,6 +22,8 @@ def command(stage_names: tuple[str, ...], device: str, isolation: str) -> None:
 
     Example: llmgrade selfcheck --stage bigram
     """
+    from grader.grade import GradeOptions, grade
+
     from grader.commands.doctor import print_isolation
 
     print_isolation()

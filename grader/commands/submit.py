@@ -9,7 +9,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from grader import stages
-from grader import submit as submitting
 from grader.commands.common import console
 
 
@@ -30,6 +29,8 @@ def command(path: Path, out: Path, force: bool) -> None:
 
     Example: llmgrade submit --path ~/llm-course --out submission.zip
     """
+    from grader import submit as submitting
+
     if out.suffix.lower() != ".zip":
         raise click.BadParameter(f"{out} does not end in .zip", param_hint="'--out'")
     names = [s.name for s in stages.discover()]
