@@ -39,6 +39,7 @@ class GradeOptions:
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT
     hidden_paths: list[str] = field(default_factory=list)   # more paths the worker may not touch
     in_process: bool = False                                # benchmarks only: trusted code in-process
+    debug: bool = False                                     # check --debug: in-process, pytest's output and pdb
     stop_when: Callable[[TestRecord], bool] | None = None   # stop early (the corpus: once a bug is caught)
     time_budget: float | None = None                        # seconds for the whole grading (Gradescope's limit)
     isolation: str = "auto"                                 # auto | strict (grader/worker/layers.py)
@@ -62,13 +63,13 @@ def grade(path: Path, options: GradeOptions | None = None) -> dict:
         loaded = submissions.load(Path(path), all_modules, work / "submission")
         session = GradingSession(
             loaded, devices=available_devices(options.device), call_timeout=options.call_timeout,
-            in_process=options.in_process, stop_when=options.stop_when,
+            in_process=options.in_process or options.debug, stop_when=options.stop_when,
             deadline=started + options.time_budget if options.time_budget else None,
             worker_options=WorkerOptions(
                 hidden_paths=[str(stages.project_root()), *options.hidden_paths],
                 memory_limit=options.memory_limit, isolation=options.isolation))
         suites = [_suite(stage, options.tests) for stage in chosen]
-        _run_pytest([str(s) for s in suites if s.exists()], session, options.test_timeout)
+        _run_pytest([str(s) for s in suites if s.exists()], session, options.test_timeout, options.debug)
         _confirm_nothing_left(session)
         records = session.finished_records()
         for stage, suite in zip(chosen, suites):
@@ -102,21 +103,23 @@ def _suite(stage: stages.Stage, kind: str) -> Path:
     return stage.hidden_tests if kind == "hidden" else stage.public_tests
 
 
-def _run_pytest(paths: list[str], session: GradingSession, test_timeout: float) -> None:
+def _run_pytest(paths: list[str], session: GradingSession, test_timeout: float, debug: bool = False) -> None:
+    """Run the suites at `paths` with the grading plugin. `debug` (check --debug): the student's
+    code runs in this process, pytest neither captures nor times out, so breakpoint() stops there."""
     if not paths:
         return
     ini = resources.files("grader").joinpath("pytest_grading.ini")
     args = [*paths, "-c", str(ini), "--rootdir", str(stages.project_root()),
             "-p", "grader.pytest_plugin", "-p", "no:terminal", "--import-mode=importlib",
-            f"--timeout={test_timeout:g}"]
+            f"--timeout={0 if debug else test_timeout:g}", *(["--capture=no"] if debug else [])]
     # A hidden suite's own helper modules (sampling_draws.py next to its tests) are importable
     # by name; --import-mode=importlib would not put the folder on sys.path. Name such helpers
     # after their stage: the suites share one sys.modules.
     folders = [p for p in dict.fromkeys(paths) if Path(p).is_dir() and p not in sys.path]
     sys.path[:0] = folders
     try:
-        # pytest's own report is not the feedback: the records are.
-        with contextlib.redirect_stdout(io.StringIO()):
+        # pytest's own report is not the feedback: the records are (debug: the student's prints and pdb).
+        with contextlib.redirect_stdout(sys.stdout if debug else io.StringIO()):
             pytest.main(args, plugins=[session])
     finally:
         for folder in folders:

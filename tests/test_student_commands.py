@@ -187,3 +187,26 @@ def test_submit_from_the_bundle_root_finds_assignments_and_flags_untouched_skele
 def test_help_shows_an_example(name, tmp_path, capsys, monkeypatch):
     result = llmgrade_here(name, "--help", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
     assert result.returncode == 0 and f"Example: llmgrade {name} " in result.stdout
+
+
+def test_check_debug_runs_the_public_tests_in_process_where_breakpoint_stops(tmp_path):
+    """`check --debug`: breakpoint() in the student's code reaches this process's debugger hook
+    (PYTHONBREAKPOINT, as pdb would), and the output says the run grades nothing."""
+    work = tmp_path / "work"
+    work.mkdir()
+    source = (ROOT / "solutions" / "bigram.py").read_text()
+    source = source.replace("def build_vocab(words", "def build_vocab(*args, **kwargs):\n"
+                            "    breakpoint()\n    return _build_vocab(*args, **kwargs)\n\n\ndef _build_vocab(words", 1)
+    (work / "bigram.py").write_text(source)
+    (work / "debughook.py").write_text("import os\n\ndef stop():\n"
+                                       "    open(os.environ['HIT_FILE'], 'a').write(f'{os.getpid()}\\n')\n")
+    hits = tmp_path / "hits.txt"
+    env = {**os.environ, "PYTHONBREAKPOINT": "debughook.stop", "HIT_FILE": str(hits)}
+    env.pop("LLMGRADE_DEBUG", None)
+    run = subprocess.Popen([sys.executable, "-m", "grader", "check", "--debug", "bigram", "--path", str(work)],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = run.communicate(timeout=300)[0]
+    assert run.returncode == 0, output
+    text = " ".join(output.split())
+    assert "debug mode:" in text and "grades nothing" in text and "nothing was graded" in text, text
+    assert hits.exists() and set(hits.read_text().split()) == {str(run.pid)}   # in the check process itself

@@ -28,13 +28,17 @@ SHORT_LINES = 2   # feedback lines per failed test without --verbose
               help="Your working copy: the folder with bigram.py, ... (or bigram.ipynb, ...), a zip, or one file.")
 @DEVICE
 @click.option("-v", "--verbose", is_flag=True, help="Show each failure's whole feedback.")
-def command(stage_names: tuple[str, ...], path: Path, device: str, verbose: bool) -> None:
+@click.option("--debug", is_flag=True,
+              help="Run the public tests in this process, so that breakpoint() and pdb work in your code. "
+                   "For debugging only: nothing is graded and your code is not sandboxed.")
+def command(stage_names: tuple[str, ...], path: Path, device: str, verbose: bool, debug: bool) -> None:
     """Run the public tests of STAGE (default: every stage) on your working copy.
 
     Prints each stage's points and what to fix. Exits 0 when every stage
     checked scored full marks, 1 when a test failed.
 
     Example: llmgrade check bigram --path ~/llm-course
+             llmgrade check --debug bigram    (breakpoint() in your bigram.py stops there)
     """
     from grader.grade import GradeOptions, grade
     from grader.submit import has_stage_modules
@@ -45,10 +49,22 @@ def command(stage_names: tuple[str, ...], path: Path, device: str, verbose: bool
         raise click.UsageError(
             f"no stage module in {path} (expected {all_names[0]}.py, {all_names[1]}.py, ... or their .ipynb); "
             "run it in your working copy or pass --path")
-    with console.status("running the public tests..."):
-        results = grade(path, GradeOptions(stage_names=list(stage_names), device=device, tests="public"))
+    options = GradeOptions(stage_names=list(stage_names), device=device, tests="public", debug=debug)
+    if debug:   # no spinner: it would draw over pdb's prompt
+        console.print(DEBUG_BANNER)
+        results = grade(path, options)
+        console.print("[yellow]debug run:[/] these results are for debugging; nothing was graded "
+                      "(run `llmgrade check` without --debug for the sandboxed check).")
+    else:
+        with console.status("running the public tests..."):
+            results = grade(path, options)
     if not show(results, verbose):
         sys.exit(1)
+
+
+DEBUG_BANNER = ("[yellow]debug mode:[/] the public tests run in this process, on your own code, so that "
+                "breakpoint() and pdb work (your prints show as they happen). This mode is for debugging "
+                "and grades nothing: there is no sandbox and no time limit per call.")
 
 
 def show(results: dict, verbose: bool = False) -> bool:
