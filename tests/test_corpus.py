@@ -40,7 +40,7 @@ def test_most_bugs_are_patches():
     assert all(e.base is None or e.base.is_file() for e in patches)
 
 
-def test_a_patch_that_does_not_apply_fails_loudly(tmp_path):
+def test_a_patch_that_does_not_apply_fails_loudly(tmp_path, capsys):
     """The reference changed under a patch: materialise raises, naming the entry and git's message,
     and the entry's verdict is a failure (never a skip)."""
     reference = corpus.reference_files("bigram")["bigram.py"]
@@ -56,6 +56,8 @@ def test_a_patch_that_does_not_apply_fails_loudly(tmp_path):
     verdict = corpus.judge(entry)
     assert not verdict.ok and "no longer applies" in verdict.detail
     assert corpus.judge_caught_by(entry).ok is False
+    [reported] = corpus.report(tmp_path)
+    assert not corpus.meets_targets(reported) and "FAILED: bigram/buggy/stale" in capsys.readouterr().out
 
 
 def test_a_patch_applies_to_the_marker_free_reference(tmp_path):
