@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from grader import corpus
 from grader.stages import discover, project_root
 from grader.worker.layers import OFF_VARIABLE
 
@@ -37,7 +38,8 @@ EXCLUDED = {"training"}   # its budgeted training run has its own benchmark
 
 def build(folder: Path, count: int, stage_names: list[str]) -> None:
     root = project_root()
-    buggy = {name: sorted((root / "tests/corpus" / name / "buggy").glob("*.py")) for name in stage_names}
+    buggy = {name: [e for e in corpus.entries(root / "tests/corpus", [name]) if e.kind == "buggy"]
+             for name in stage_names}
     entries = itertools.cycle([(name, path) for group in itertools.zip_longest(*buggy.values())
                                for name, path in zip(buggy, group) if path is not None])
     modules = [s.module for s in discover()]
@@ -51,8 +53,8 @@ def build(folder: Path, count: int, stage_names: list[str]) -> None:
             if not (sub / extra.name).exists():
                 shutil.copy(extra, sub / extra.name)
         if i % 5:
-            name, path = next(entries)
-            shutil.copy(path, sub / f"{name}.py")
+            name, entry = next(entries)
+            corpus.materialise(entry, sub)
 
 
 def main() -> None:

@@ -1,11 +1,20 @@
 """The corpus that proves the hidden tests: buggy submissions must lose points, correct ones must not.
 
-    tests/corpus/<stage>/buggy/<name>.py     one plausible student bug each
+    tests/corpus/<stage>/buggy/<name>.patch  one plausible student bug each
     tests/corpus/<stage>/correct/<name>.py   a correct solution in another style
 
-Each entry is a whole `<stage>.py` (or a folder holding one and its helpers).
-Its docstring says what it is: `BUG: ...` or `STYLE: ...`, and for a bug the
-hidden tests name, `EXPECT: <words the feedback must contain>`. An entry whose
+A buggy entry is a patch against the reference: a header, then a unified diff
+(`--- a/<stage>.py` / `+++ b/<stage>.py`; helper modules as new files) that
+`git apply` applies to the marker-free reference (solutions/<stage>.py and the
+solutions it imports, `# BEGIN/END SOLUTION` lines removed), or, when its header
+says `BASE: correct/<name>`, to that correct entry (bugs written in its style). A
+patch that no longer applies fails its entry. A bug far from the reference stays a whole
+`<name>.py` (or a folder holding one and its helpers), as correct entries do.
+
+The header (a patch's text before its diff, a whole file's docstring) says what
+it is: `BUG: ...` or `STYLE: ...`, and for a bug the hidden tests name,
+`EXPECT: <words the feedback must contain>`, and `CAUGHT_BY: <test file>::<test>`,
+one hidden test that fails for it and names it (the fast check). An entry whose
 bug only shows on a GPU (a result left on the CPU) says `REQUIRES: cuda`.
 
 An upstream difference that later parts must not be charged for again (error
@@ -16,27 +25,44 @@ and it behaves only if every failing test matches PART and names the bug.
     python -m grader.corpus --report [--stage transformer] [tests/corpus]
     python -m grader.corpus --report --why --entry 'attention/heads_*'
     python -m grader.corpus --kind correct --device cuda
+    python -m grader.corpus --caught-by [--stage bigram]
+    python -m grader.corpus --to-patch --entry 'bigram/new_bug'
 
 The first grades every buggy entry in full and prints what each one costs (points,
 failing tests, how many of them name the bug, how many lie outside its PART); the
-second judges entries as tests/test_corpus.py does (benchmarks/gpu_check.sh uses it).
+second judges entries as tests/test_corpus.py does (benchmarks/gpu_check.sh uses it);
+`--caught-by` runs only each buggy entry's CAUGHT_BY test (seconds an entry);
+`--to-patch` turns whole-file buggy entries into patches (for a new entry: write
+it as a whole copy of the reference, then convert it).
 """
 
 from __future__ import annotations
 
+import ast
 import fnmatch
+import os
 import re
 import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from grader import scratch
+from grader import scratch, stages
+from grader.banned import imported_modules
 from grader.grade import GradeOptions, grade
 from grader.results import grader_errors
+from grader.skeleton import _BEGIN, _END
 
 _EXPECT = re.compile(r"^\s*EXPECT:\s*(.+?)\s*$", re.MULTILINE)
 _REQUIRES = re.compile(r"^\s*REQUIRES:\s*(.+?)\s*$", re.MULTILINE)
 _PART = re.compile(r"^\s*PART:\s*(.+?)\s*$", re.MULTILINE)
+_CAUGHT_BY = re.compile(r"^\s*CAUGHT_BY:\s*(.+?)\s*$", re.MULTILINE)
+_BASE = re.compile(r"^\s*BASE:\s*(.+?)\s*$", re.MULTILINE)
+_DIFF_START = re.compile(r"^(--- |diff --git )", re.MULTILINE)
+
+
+class PatchError(RuntimeError):
+    """A buggy entry's patch does not apply to the reference (the reference changed)."""
 
 
 @dataclass
@@ -50,24 +76,46 @@ class Entry:
         return f"{self.stage}/{self.kind}/{self.path.stem}"
 
     @property
-    def source(self) -> str:
+    def is_patch(self) -> bool:
+        return self.path.suffix == ".patch"
+
+    @property
+    def header(self) -> str:
+        """What the entry says about itself: a patch's text before its diff, else its stage module."""
+        if self.is_patch:
+            text = self.path.read_text(encoding="utf-8")
+            start = _DIFF_START.search(text)
+            return text[:start.start()] if start else text
         path = self.path if self.path.is_file() else self.path / f"{self.stage}.py"
         return path.read_text(encoding="utf-8")
 
-    @property
-    def expect(self) -> str | None:
-        match = _EXPECT.search(self.source)
+    def _line(self, pattern: re.Pattern) -> str | None:
+        match = pattern.search(self.header)
         return match[1] if match else None
 
     @property
+    def expect(self) -> str | None:
+        return self._line(_EXPECT)
+
+    @property
     def requires(self) -> str | None:
-        match = _REQUIRES.search(self.source)
-        return match[1] if match else None
+        return self._line(_REQUIRES)
+
+    @property
+    def caught_by(self) -> str | None:
+        """One hidden test that fails for this bug and names it: `test_bigram.py::test_nll_hand`."""
+        return self._line(_CAUGHT_BY)
+
+    @property
+    def base(self) -> Path | None:
+        """A patch made against a correct entry (`BASE: correct/naive_recount`), not the reference."""
+        base = self._line(_BASE) if self.is_patch else None
+        return self.path.parent.parent / f"{base}.py" if base else None
 
     @property
     def part(self) -> list[str]:
         """fnmatch patterns of the test functions allowed to charge this bug (empty: any)."""
-        match = _PART.search(self.source)
+        match = _PART.search(self.header)
         return match[1].replace(",", " ").split() if match else []
 
     def in_part(self, function: str) -> bool:
@@ -83,6 +131,7 @@ class Verdict:
     detail: str
     failing: list = None    # (test function, feedback names the bug) per failing test, when graded in full
     feedback: dict = None   # test function -> its feedback, per failing test, when graded in full
+    first_named: str | None = None   # the first test (function) that failed, named the bug, inside PART
 
 
 def entries(corpus_root: Path, stage_names: list[str] | None = None,
@@ -97,9 +146,63 @@ def entries(corpus_root: Path, stage_names: list[str] | None = None,
                 short = f"{stage_dir.name}/{path.stem}"
                 if names and not any(fnmatch.fnmatchcase(short, n) for n in names):
                     continue
-                if path.suffix == ".py" or path.is_dir():
+                if path.suffix in (".py", ".patch") or path.is_dir():
                     found.append(Entry(stage_dir.name, kind, path))
     return found
+
+
+def reference_files(stage: str, root: Path | None = None) -> dict[str, str]:
+    """The reference submission for `stage`: file name -> text of solutions/<stage>.py and of the
+    solutions it imports (transitively), with the solution marker lines removed."""
+    solutions = (root or stages.project_root()) / "solutions"
+    files, todo = {}, [stage]
+    while todo:
+        module = todo.pop()
+        if f"{module}.py" in files or not (solutions / f"{module}.py").exists():
+            continue
+        lines = (solutions / f"{module}.py").read_text(encoding="utf-8").splitlines(keepends=True)
+        files[f"{module}.py"] = text = "".join(l for l in lines if not (_BEGIN.match(l) or _END.match(l)))
+        todo += [name.split(".")[0] for name in imported_modules(ast.parse(text))]
+    return files
+
+
+def apply_patch(patch: Path, folder: Path, name: str = "") -> None:
+    """Apply `patch` to the files in `folder` with `git apply` (exact: no fuzz); PatchError if it fails."""
+    folder = Path(folder).resolve()
+    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(folder.parent)}   # never the repository around it
+    run = subprocess.run(["git", "apply", "--whitespace=nowarn", str(Path(patch).resolve())],
+                         cwd=folder, env=env, capture_output=True, text=True)
+    if run.returncode:
+        raise PatchError(f"{name or patch}: its patch no longer applies to the reference: "
+                         f"{(run.stderr or run.stdout).strip()}")
+
+
+def materialise(entry: Entry, folder: Path) -> Path:
+    """Write the entry's submission files into `folder` (made if missing): a whole file or folder
+    as it is, a patch applied to the marker-free reference. Returns `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if entry.path.is_dir():
+        shutil.copytree(entry.path, folder, dirs_exist_ok=True)
+    elif entry.is_patch:
+        for file_name, text in reference_files(entry.stage).items():
+            (folder / file_name).write_text(text, encoding="utf-8")
+        if entry.base:
+            shutil.copy(entry.base, folder / f"{entry.stage}.py")
+        apply_patch(entry.path, folder, entry.name)
+    else:
+        shutil.copy(entry.path, folder / f"{entry.stage}.py")
+    return folder
+
+
+def module_text(stage: str, name: str, kind: str = "buggy", corpus_root: Path | None = None) -> str:
+    """The stage module a submission of entry tests/corpus/<stage>/<kind>/<name> holds (for tests
+    that use a corpus bug as a ready-made wrong submission)."""
+    import tempfile
+    root = Path(corpus_root or stages.project_root() / "tests" / "corpus")
+    [entry] = [e for e in entries(root, [stage], [f"{stage}/{name}"]) if e.kind == kind]
+    with tempfile.TemporaryDirectory() as tmp:
+        return (materialise(entry, Path(tmp)) / f"{stage}.py").read_text(encoding="utf-8")
 
 
 def judge(entry: Entry, options: GradeOptions | None = None, *, full: bool = False) -> Verdict:
@@ -113,19 +216,20 @@ def judge(entry: Entry, options: GradeOptions | None = None, *, full: bool = Fal
     expect = entry.expect
     records = []
     full = full or bool(entry.part)
+
+    def names_it(record) -> bool:
+        return (not record.passed and not record.internal_error and entry.in_part(record.function)
+                and (expect is None or expect in "\n".join(record.feedback)))
+
     if entry.kind == "buggy" and not full:   # a bug is proved once one test catches and names it
-        options.stop_when = lambda record: (not record.passed and not record.internal_error and (
-            expect is None or expect in "\n".join(record.feedback)))
+        options.stop_when = lambda record: records.append(record) or names_it(record)
     else:
         options.stop_when = lambda record: records.append(record) and False
     folder = scratch.mkdtemp("llmgrade-corpus-")
     try:
-        if entry.path.is_dir():
-            shutil.copytree(entry.path, folder / "submission")
-        else:
-            (folder / "submission").mkdir()
-            shutil.copy(entry.path, folder / "submission" / f"{entry.stage}.py")
-        results = grade(folder / "submission", options)
+        results = grade(materialise(entry, folder / "submission"), options)
+    except PatchError as error:
+        return Verdict(entry, 0.0, 0.0, False, str(error), [] if full else None, {})
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     score = results["score"]
@@ -135,9 +239,10 @@ def judge(entry: Entry, options: GradeOptions | None = None, *, full: bool = Fal
     failing = [(r.function, expect is None or expect in "\n".join(r.feedback))
                for r in records if r.score < r.max_score] if full else None
     by_test = {r.function: "\n".join(r.feedback) for r in records if r.score < r.max_score}
+    first = next((r.function for r in records if names_it(r)), None)
     if crashed:
         return Verdict(entry, score, maximum, False,
-                       f"hidden tests crashed (grader errors) in: {', '.join(crashed)}", failing, by_test)
+                       f"hidden tests crashed (grader errors) in: {', '.join(crashed)}", failing, by_test, first)
     if entry.kind == "correct":
         ok = maximum > 0 and score == maximum
         return Verdict(entry, score, maximum, ok, "full marks" if ok else f"lost points:\n{feedback}")
@@ -147,7 +252,20 @@ def judge(entry: Entry, options: GradeOptions | None = None, *, full: bool = Fal
     detail = ("caught" if score < maximum else "NOT caught: full marks") + (
         "" if named else f"; feedback does not name the mistake ({expect!r}):\n{feedback}") + (
         f"; charged outside its PART ({' '.join(entry.part)}) by: {', '.join(outside)}" if outside else "")
-    return Verdict(entry, score, maximum, ok, detail, failing, by_test)
+    return Verdict(entry, score, maximum, ok, detail, failing, by_test, first)
+
+
+def judge_caught_by(entry: Entry, options: GradeOptions | None = None) -> Verdict:
+    """The fast check of a buggy entry: grade it with only its CAUGHT_BY test, which must fail,
+    name the bug (EXPECT) and lie inside its PART."""
+    if not entry.caught_by:
+        return Verdict(entry, 0.0, 0.0, False, f"{entry.name}: no CAUGHT_BY line")
+    options = options or GradeOptions()
+    options.only_tests = [entry.caught_by]
+    verdict = judge(entry, options, full=True)
+    if verdict.ok and not verdict.failing:
+        verdict.ok, verdict.detail = False, f"{entry.caught_by} did not fail"
+    return verdict
 
 
 def report(corpus_root: Path, stage_names: list[str] | None = None,
@@ -167,6 +285,9 @@ def report(corpus_root: Path, stage_names: list[str] | None = None,
             continue
         verdict = judge(entry, copy.copy(options or GradeOptions()), full=True)
         verdicts.append(verdict)
+        if not verdict.max_score:   # its patch does not apply, or nothing was graded
+            print(f"{entry.name:48} FAILED: {verdict.detail}", flush=True)
+            continue
         failing = verdict.failing or []
         named = sum(1 for _, n in failing if n) if entry.expect else "-"
         outside = sum(1 for f, _ in failing if not entry.in_part(f)) if entry.part else "-"
@@ -196,16 +317,27 @@ def meets_targets(verdict: Verdict) -> bool:
             and all(verdict.entry.in_part(function) for function, _ in failing))
 
 
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
 def check(corpus_root: Path, stage_names: list[str] | None = None, *, kind: str | None = None,
           requires: str | None = None, options: GradeOptions | None = None,
-          names: list[str] | None = None) -> list[Verdict]:
-    """Judge entries (as tests/test_corpus.py does) and print one line each; for scripts without pytest."""
+          names: list[str] | None = None, caught_by: bool = False) -> list[Verdict]:
+    """Judge entries (as tests/test_corpus.py does) and print one line each; for scripts without pytest.
+    With `caught_by`, only buggy entries, each graded with only its CAUGHT_BY test."""
     import copy
     verdicts = []
     for entry in entries(corpus_root, stage_names, names):
-        if (kind and entry.kind != kind) or (requires and entry.requires != requires):
+        if (kind and entry.kind != kind) or (requires and entry.requires != requires) or (
+                caught_by and entry.kind != "buggy"):
             continue
-        verdict = judge(entry, copy.copy(options or GradeOptions()))
+        if caught_by and entry.requires == "cuda" and not _cuda():
+            print(f"skip {entry.name:48} REQUIRES: cuda", flush=True)
+            continue
+        judged = judge_caught_by if caught_by else judge
+        verdict = judged(entry, copy.copy(options or GradeOptions()))
         verdicts.append(verdict)
         print(f"{'ok  ' if verdict.ok else 'FAIL'} {entry.name:48} {verdict.score:g}/{verdict.max_score:g}"
               + ("" if verdict.ok else f"\n     {verdict.detail[:2000]}"), flush=True)
@@ -225,14 +357,21 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --report: show the failing tests that do not name the bug, or lie outside PART")
     parser.add_argument("--kind", choices=["buggy", "correct"], help="without --report: only these entries")
     parser.add_argument("--requires", help="without --report: only entries with this REQUIRES (cuda)")
+    parser.add_argument("--caught-by", action="store_true",
+                        help="without --report: grade each buggy entry with only its CAUGHT_BY test")
+    parser.add_argument("--to-patch", action="store_true",
+                        help="turn the whole-file buggy entries (those --entry names) into patches")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     args = parser.parse_args(argv)
     options = GradeOptions(device=args.device, call_timeout=10.0)
+    if args.to_patch:
+        from grader.corpus_convert import convert_all
+        return convert_all(args.corpus, args.stage, args.entry, options)
     if args.report:
         verdicts = report(args.corpus, args.stage, options, why=args.why, names=args.entry)
         return 0 if all(meets_targets(v) for v in verdicts) else 1
     verdicts = check(args.corpus, args.stage, kind=args.kind, requires=args.requires, options=options,
-                     names=args.entry)
+                     names=args.entry, caught_by=args.caught_by)
     return 0 if verdicts and all(v.ok for v in verdicts) else 1
 
 

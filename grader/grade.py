@@ -44,6 +44,8 @@ class GradeOptions:
     time_budget: float | None = None                        # seconds for the whole grading (Gradescope's limit)
     isolation: str = "auto"                                 # auto | strict (grader/worker/layers.py)
     protect_paths: list[str] = field(default_factory=list)  # folders of ours workers must not read (grade-all)
+    only_tests: list[str] = field(default_factory=list)     # node ids in a stage's suite folder
+                                                            # ("test_bigram.py::test_nll_hand"); empty: all
 
 
 def grade(path: Path, options: GradeOptions | None = None) -> dict:
@@ -69,7 +71,10 @@ def grade(path: Path, options: GradeOptions | None = None) -> dict:
                 hidden_paths=[str(stages.project_root()), *options.hidden_paths],
                 memory_limit=options.memory_limit, isolation=options.isolation))
         suites = [_suite(stage, options.tests) for stage in chosen]
-        _run_pytest([str(s) for s in suites if s.exists()], session, options.test_timeout, options.debug)
+        paths = [str(s) for s in suites if s.exists()]
+        if options.only_tests:   # only the named tests, in the suites that hold them
+            paths = [f"{p}/{t}" for p in paths for t in options.only_tests if (Path(p) / t.split("::")[0]).exists()]
+        _run_pytest(paths, session, options.test_timeout, options.debug)
         _confirm_nothing_left(session)
         records = session.finished_records()
         for stage, suite in zip(chosen, suites):
@@ -115,7 +120,8 @@ def _run_pytest(paths: list[str], session: GradingSession, test_timeout: float, 
     # A hidden suite's own helper modules (sampling_draws.py next to its tests) are importable
     # by name; --import-mode=importlib would not put the folder on sys.path. Name such helpers
     # after their stage: the suites share one sys.modules.
-    folders = [p for p in dict.fromkeys(paths) if Path(p).is_dir() and p not in sys.path]
+    folders = [f for f in dict.fromkeys(p if Path(p).is_dir() else str(Path(p.split("::")[0]).parent) for p in paths)
+               if f not in sys.path]
     sys.path[:0] = folders
     try:
         # pytest's own report is not the feedback: the records are (debug: the student's prints and pdb).

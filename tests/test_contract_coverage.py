@@ -77,7 +77,7 @@ def test_every_corpus_entry_named_exists():
     for stage, clause, _, entries in rows():
         for entry_stage, kind, name in _ENTRY_REF.findall(entries):
             folder = CORPUS / (entry_stage or stage or "?") / kind
-            if not ((folder / f"{name}.py").exists() or (folder / name).is_dir()):
+            if not any((folder / f"{name}{end}").exists() for end in (".py", ".patch", "")):
                 problems.append(f"{clause!r}: no corpus entry {entry_stage or stage}/{kind}/{name}")
     assert not problems, "\n".join(problems)
 

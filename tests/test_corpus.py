@@ -5,19 +5,68 @@ from pathlib import Path
 import pytest
 import torch
 
-from grader import corpus
+from grader import corpus, corpus_convert
 from grader.grade import GradeOptions
 
 CORPUS = Path(__file__).parent / "corpus"
 ENTRIES = corpus.entries(CORPUS)
+BUGGY = [e for e in ENTRIES if e.kind == "buggy"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
 def test_corpus_entry(entry):
     if entry.requires == "cuda" and not torch.cuda.is_available():
         pytest.skip("this bug only shows on a GPU (a result left on the CPU); no CUDA here")
     verdict = corpus.judge(entry, GradeOptions(call_timeout=10.0))
     assert verdict.ok, f"{entry.name}: {verdict.score}/{verdict.max_score}: {verdict.detail}"
+
+
+@pytest.mark.parametrize("entry", BUGGY, ids=[e.name for e in BUGGY])
+def test_caught_by(entry):
+    """The fast lane: each bug's CAUGHT_BY test alone fails and names it (EXPECT), inside its PART."""
+    assert entry.caught_by, f"{entry.name}: no CAUGHT_BY line"
+    if entry.requires == "cuda" and not torch.cuda.is_available():
+        pytest.skip("this bug only shows on a GPU (a result left on the CPU); no CUDA here")
+    verdict = corpus.judge_caught_by(entry, GradeOptions(call_timeout=10.0))
+    assert verdict.ok, f"{entry.name}: {entry.caught_by}: {verdict.score}/{verdict.max_score}: {verdict.detail}"
+    assert {f for f, _ in verdict.failing} == {entry.caught_by.split("::")[1].split("[")[0]}   # no other test ran and failed
+
+
+def test_most_bugs_are_patches():
+    """A bug reads as a few lines: buggy entries are patches against the reference (or a correct entry)."""
+    patches = [e for e in BUGGY if e.is_patch]
+    assert len(patches) >= 0.9 * len(BUGGY)
+    assert all(e.base is None or e.base.is_file() for e in patches)
+
+
+def test_a_patch_that_does_not_apply_fails_loudly(tmp_path, capsys):
+    """The reference changed under a patch: materialise raises, naming the entry and git's message,
+    and the entry's verdict is a failure (never a skip)."""
+    reference = corpus.reference_files("bigram")["bigram.py"]
+    changed = reference.replace(".mean().item()", ".mean().item()  # the line as it was", 1)
+    assert changed != reference
+    stale = corpus_convert.make_diff({"bigram.py": changed}, {"bigram.py": changed.replace(".mean()", ".sum()")})
+    entry_file = tmp_path / "bigram" / "buggy" / "stale.patch"
+    entry_file.parent.mkdir(parents=True)
+    entry_file.write_text("BUG: summed\nEXPECT: summed\nCAUGHT_BY: test_bigram.py::test_nll_hand\n\n" + stale)
+    entry = corpus.Entry("bigram", "buggy", entry_file)
+    with pytest.raises(corpus.PatchError, match=r"bigram/buggy/stale: its patch no longer applies.*bigram\.py"):
+        corpus.materialise(entry, tmp_path / "out")
+    verdict = corpus.judge(entry)
+    assert not verdict.ok and "no longer applies" in verdict.detail
+    assert corpus.judge_caught_by(entry).ok is False
+    [reported] = corpus.report(tmp_path)
+    assert not corpus.meets_targets(reported) and "FAILED: bigram/buggy/stale" in capsys.readouterr().out
+
+
+def test_a_patch_applies_to_the_marker_free_reference(tmp_path):
+    """materialise writes the reference without its solution markers, then the patch's change."""
+    entry = next(e for e in BUGGY if e.is_patch and e.stage == "bigram" and e.path.stem == "nll_sum")
+    folder = corpus.materialise(entry, tmp_path / "sub")
+    text = (folder / "bigram.py").read_text()
+    assert "SOLUTION" not in text and ".sum().item()" in text
+    assert [p.name for p in folder.iterdir()] == ["bigram.py"]
 
 
 @pytest.mark.parametrize("stage", sorted({e.stage for e in ENTRIES}))

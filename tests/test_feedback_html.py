@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from grader.feedback_html import find_curves, mismatch_table, render
+from grader import corpus
 from grader.stages import project_root
 
 
@@ -93,7 +94,7 @@ def graded_page(tmp_path_factory):
     folder = tmp_path_factory.mktemp("html")
     submission = folder / "carl"
     submission.mkdir()
-    shutil.copy(project_root() / "tests/corpus/bigram/buggy/nll_sum.py", submission / "bigram.py")
+    (submission / "bigram.py").write_text(corpus.module_text("bigram", "nll_sum"))
     run = subprocess.run([sys.executable, "-m", "grader", "grade", str(submission), "--stage", "bigram",
                           "--device", "cpu", "--out", str(folder / "out/results.json"),
                           "--html", str(folder / "out/feedback.html")],

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from grader.grade_all import find_submissions, parse_shard, take_shard
+from grader import corpus
 from grader.stages import project_root
 
 ROOT = project_root()
@@ -46,7 +47,7 @@ def batch(tmp_path_factory):
     for name in ("ada", "carl", "eve"):
         (subs / name).mkdir(parents=True)
     shutil.copy(ROOT / "solutions/bigram.py", subs / "ada/bigram.py")
-    shutil.copy(ROOT / "tests/corpus/bigram/buggy/nll_sum.py", subs / "carl/bigram.py")
+    (subs / "carl/bigram.py").write_text(corpus.module_text("bigram", "nll_sum"))
     (subs / "eve/bigram.py").write_text("import os\nos._exit(3)\n")
     with zipfile.ZipFile(subs / "bob.zip", "w") as archive:
         archive.write(ROOT / "solutions/bigram.py", "bigram.py")

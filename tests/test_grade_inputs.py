@@ -12,6 +12,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from grader import corpus
 from grader import results as gradescope
 from grader.grade import GradeOptions, grade
 from grader.stages import project_root
@@ -340,8 +341,7 @@ def test_notebook_error_in_the_feedback_quotes_nothing(make_submission):
 def test_the_same_submission_gets_the_same_grade_on_every_run(make_submission):
     """The contract's promise of fixed seeds: even a submission that draws from the global
     RNG (a mistake) is graded the same way twice: same scores, same feedback."""
-    corpus_entry = project_root() / "tests" / "corpus" / "bigram" / "buggy" / "sample_global_rng.py"
-    folder = make_submission({"bigram.py": corpus_entry.read_text()})
+    folder = make_submission({"bigram.py": corpus.module_text("bigram", "sample_global_rng")})
     first, second = graded(folder), graded(folder)
     assert first["score"] < max_score(first)
     assert [(t["name"], t["score"], t["output"]) for t in first["tests"]] == \
@@ -370,7 +370,7 @@ def test_a_failing_stage_is_named_in_the_stages_that_use_it(make_submission):
     root = project_root()
     files = {f"{name}.py": (root / "solutions" / f"{name}.py").read_text()
              for name in ("cross_entropy", "embeddings", "transformer")}
-    files["attention.py"] = (root / "tests/corpus/attention/buggy/returns_output_only.py").read_text()
+    files["attention.py"] = corpus.module_text("attention", "returns_output_only")
     results = graded(make_submission(files), GradeOptions(stage_names=["attention", "transformer"],
                                                           device="cpu", call_timeout=10.0))
     failed = failures(results)

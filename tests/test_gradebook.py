@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from grader import gradebook, notebook_build, stages
+from grader import corpus, gradebook, notebook_build, stages
 from grader.grade import GradeOptions, grade
 from grader.results import write
 
@@ -45,7 +45,7 @@ def test_an_import_that_crashes_is_named_and_a_wrong_answer_is_no_error(row):
     crashed = row({"bigram.py": "import os\nos._exit(7)\n"})
     assert crashed.error == ("importing bigram.py exited: the worker process ended with exit code 7 "
                              "(os._exit or a crash)"), crashed.error
-    wrong = row({"bigram.py": (ROOT / "tests/corpus/bigram/buggy/nll_sum.py").read_text()})
+    wrong = row({"bigram.py": corpus.module_text("bigram", "nll_sum")})
     assert wrong.error == "" and 0 < wrong.scores["bigram"][0] < wrong.scores["bigram"][1]
 
 

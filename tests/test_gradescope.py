@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from grader.results import stage_scores, validate
+from grader import corpus
 from grader.stages import project_root
 
 ROOT = project_root()
-BROKEN_BIGRAM = ROOT / "tests" / "corpus" / "bigram" / "buggy" / "no_end_token.py"
+BROKEN_BIGRAM = corpus.module_text("bigram", "no_end_token")   # the end-of-word token is never counted
 
 
 def run_grader(*args, timeout=300):
@@ -95,7 +96,7 @@ def test_run_autograder_grades_a_reference_and_a_broken_submission(autograder_zi
     assert maximum > 0 and score == maximum and results["score"] == maximum
     assert all(t["name"].startswith("bigram: ") for t in results["tests"])   # only the chosen stage
 
-    shutil.copy(BROKEN_BIGRAM, submission / "bigram.py")   # the end-of-word token is never counted
+    (submission / "bigram.py").write_text(BROKEN_BIGRAM)
     results = run_autograder(tmp_path)
     assert results["score"] < maximum
     failed = " ".join(t["output"] for t in results["tests"] if t["status"] == "failed")

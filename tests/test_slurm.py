@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from grader import corpus
 from grader.stages import project_root
 from slurm_cluster import SlurmCluster, missing_reason
 
@@ -87,7 +88,7 @@ def test_the_docs_recipe_grades_every_submission_once(cluster, tmp_path):
     for name in ("ada", "bob", "carl", "dan"):
         (subs / name).mkdir(parents=True)
     shutil.copy(ROOT / "solutions/bigram.py", subs / "ada/bigram.py")
-    shutil.copy(ROOT / "tests/corpus/bigram/buggy/nll_sum.py", subs / "bob/bigram.py")
+    (subs / "bob/bigram.py").write_text(corpus.module_text("bigram", "nll_sum"))
     (subs / "carl/bigram.py").write_text("def bigram_counts(words:\n")          # a syntax error
     (subs / "dan/bigram.py").write_text("import os\nos._exit(3)\n")             # kills its worker
     script_block, submit_block = doc_blocks()[:2]

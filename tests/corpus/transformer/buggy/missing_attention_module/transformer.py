@@ -1,5 +1,6 @@
 """BUG: the submission has no attention.py, which transformer.py imports.
 EXPECT: No module named 'attention'
+CAUGHT_BY: test_transformer_1_layernorm.py::test_layernorm_parameters
 """
 
 import torch
