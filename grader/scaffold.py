@@ -9,7 +9,7 @@ A stage is files only (grader/stages.py); this writes them from the templates be
     solutions/NAME.py                     the reference, one function between solution markers
     autograder_tests/NAME/test_NAME.py    a hidden test against the reference
     assignments/tests/test_NAME.py        a public test with the handout's worked example
-    tests/corpus/NAME/{buggy,correct}/    one buggy and one correct entry to start the corpus
+    tests/corpus/NAME/{buggy,correct}/    a bug (a patch) and a correct style to start the corpus
 
 then `llmgrade sync` (grader/sync.py) generates the skeleton, the notebook and the README's
 stage table. The toy function (a scaled sum) grades as it stands: the reference gets full
@@ -103,16 +103,11 @@ def test_worked_example(student):
     expect_close(got, torch.tensor([1.5, 3.5]), what="scaled_sum([[1, 2], [3, 4]], 0.5)")
 '''
 
-BUGGY = '''"""BUG: sums over the first dimension instead of the last.
+BUG_HEADER = """BUG: sums over the first dimension instead of the last.
 EXPECT: sum the last dim
+CAUGHT_BY: test_{name}.py::test_scaled_sum_sums_the_last_dim
+
 """
-
-import torch
-
-
-def scaled_sum(x, scale):
-    return x.sum(dim=0) * scale
-'''
 
 CORRECT = '''"""STYLE: a Python loop over the last dimension, accumulated in float64."""
 
@@ -144,7 +139,6 @@ def new_stage(name: str, root: Path | None = None, title: str | None = None) -> 
         root / "solutions" / f"{name}.py": REFERENCE,
         root / "autograder_tests" / name / f"test_{name}.py": HIDDEN_TEST,
         root / "assignments" / "tests" / f"test_{name}.py": PUBLIC_TEST,
-        root / "tests" / "corpus" / name / "buggy" / "first_dim.py": BUGGY,
         root / "tests" / "corpus" / name / "correct" / "loop_float64.py": CORRECT,
     }
     taken = [str(p) for p in files if p.exists()]
@@ -153,4 +147,17 @@ def new_stage(name: str, root: Path | None = None, title: str | None = None) -> 
     for path, template in files.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(template.format(**values), encoding="utf-8")
-    return list(files)
+    return [*files, _write_bug(name, root, values)]
+
+
+def _write_bug(name: str, root: Path, values: dict) -> Path:
+    """The first buggy corpus entry: a patch against the marker-free reference (grader/corpus.py)."""
+    from grader.corpus import reference_files
+    from grader.corpus_convert import make_diff
+
+    reference = reference_files(name, root)
+    buggy = {**reference, f"{name}.py": reference[f"{name}.py"].replace("x.sum(dim=-1)", "x.sum(dim=0)")}
+    path = root / "tests" / "corpus" / name / "buggy" / "first_dim.patch"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(BUG_HEADER.format(**values) + make_diff(reference, buggy), encoding="utf-8")
+    return path
