@@ -7,8 +7,8 @@ import math
 
 import torch
 
-from grader.testing import (CheckFailure, expect_close, expect_sequence, randn, reduction_atol,
-                            tensor_mismatch, tolerance)
+from grader.testing import (CheckFailure, StudentCodeError, backward, expect_close, expect_sequence, randn,
+                            reduction_atol, tensor_mismatch, tolerance)
 
 
 def qkv(shape_q, shape_k, dv, seed, device, dtype=torch.float32, scale=1.5):
@@ -137,7 +137,6 @@ SDPA_TEST = "scaled_dot_product_attention on multi-head (B, H, T, d) inputs, is_
 def sdpa_note(student, device, causal: bool) -> str | None:
     """What the student's scaled_dot_product_attention gets wrong on multi-head inputs (the check of
     test_sdpa_shapes, whose name is given), or None when it is right."""
-    from grader.testing import StudentCodeError
 
     q, k, v = qkv((2, 3, 5, 4), (2, 3, 5, 4), 4, seed=10, device=device)
     try:
@@ -154,7 +153,6 @@ def sdpa_blamed(student, device, causal: bool):
     """Around calls of the student's MultiHeadAttention: when one raises and their own
     scaled_dot_product_attention fails its check (say it returns only the output, which their
     forward then unpacks), the feedback names that mistake and the test charging it."""
-    from grader.testing import StudentCodeError
 
     try:
         yield
@@ -174,7 +172,6 @@ def mha_own_sdpa(student, sd, x, n_heads, causal, grad_output=None):
     """MultiHeadAttention(x) in x's dtype with the contract's linear layers computed here and the
     heads' attention done by the student's own scaled_dot_product_attention (in the worker).
     With grad_output: (output, grad of x, {parameter: grad}), chained through it."""
-    from grader.testing import backward
 
     x = x.detach()
     cast = dict(dtype=x.dtype, device=x.device)

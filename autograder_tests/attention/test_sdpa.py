@@ -12,8 +12,8 @@ import torch
 from attention_checks import (WRONG_DIM, attend, check_attention, output_and_weights, qkv, sdpa_note,
                               sum_atol, variants)
 from grader.testing import (CheckFailure, StudentCodeError, backward, expect_close, expect_equal,
-                            expect_raises, expect_sequence, expect_tensor, randn, run_time, tensor_mismatch,
-                            tolerance)
+                            expect_own_code_without_banned_apis, expect_raises, expect_sequence,
+                            expect_tensor, randn, run_time, tensor_mismatch, tolerance)
 
 
 # ---- causal_mask ----------------------------------------------------------------------
@@ -307,7 +307,6 @@ def test_sdpa_speed(student, reference, device):
 @pytest.mark.points(2)
 def test_no_banned_apis(student, submission_dir, reference):
     """attention.py and its helper modules call none of the banned APIs"""
-    from grader.testing import expect_own_code_without_banned_apis
 
     q, k, v = qkv((3, 4), (3, 4), 4, seed=23, device="cpu")
     expect_own_code_without_banned_apis([lambda: student.attention.scaled_dot_product_attention(q, k, v)],

@@ -15,7 +15,8 @@ import math
 import pytest
 import torch
 
-from grader.testing import CheckFailure, expect_close, expect_raises, expect_tensor, randn
+from grader.testing import (CheckFailure, expect_close, expect_own_code_without_banned_apis, expect_raises,
+                            expect_tensor, randn)
 
 from embeddings_checks import int64, rows_used, student_module, weight_grad  # this folder's helpers
 
@@ -229,7 +230,6 @@ def test_sinusoidal_odd(student, d_model):
 @pytest.mark.points(2)
 def test_no_banned_apis(student, submission_dir, reference):
     """embeddings.py and its helper modules call none of the banned APIs"""
-    from grader.testing import expect_own_code_without_banned_apis
 
     expect_own_code_without_banned_apis(
         [lambda: student.embeddings.one_hot(int64([1], "cpu"), 2),
