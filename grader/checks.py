@@ -282,3 +282,55 @@ def expect_raises(exception: str, *, what: str):
         raise CheckFailure(f"{what} should raise {exception}, but raised {exc.type_name}"
                            + (f": {message[:300]}" if message else "")) from None
     raise CheckFailure(f"{what} should raise {exception}, but it returned normally")
+
+
+def _a(kind: str) -> str:
+    return ("an " if kind[:1] in "aeiou" else "a ") + kind
+
+
+def expect_tensor(value: Any, *, what: str, shape: tuple[int, ...] | torch.Size | None = None,
+                  dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+    """Fail unless `value` is a tensor (of `shape`, of `dtype`, on `device`'s type: each when given);
+    return it. The check before using a result as a tensor:
+
+        expect_tensor(y, what="MultiHeadAttention(8, 2)(x (2, 5, 8))", shape=(2, 5, 8))
+        -> "MultiHeadAttention(8, 2)(x (2, 5, 8)): expected a tensor of shape (2, 5, 8),
+            got a torch.float32 tensor of shape (2, 8, 5) on cpu"
+    """
+    want = f"{dtype} tensor" if dtype is not None else "tensor"
+    if shape is not None:
+        want += f" of shape {tuple(shape)}"
+    if device is not None:
+        want += f" on {torch.device(device).type}"
+    if not (isinstance(value, torch.Tensor)
+            and (shape is None or tuple(value.shape) == tuple(shape))
+            and (dtype is None or value.dtype == dtype)
+            and (device is None or value.device.type == torch.device(device).type)):
+        raise CheckFailure(f"{what}: expected {_a(want)}, got {describe(value)}")
+    return value
+
+
+def expect_sequence(value: Any, names: tuple[str, ...] | list[str], *, what: str,
+                    types: tuple[type, ...] = (tuple, list)) -> Any:
+    """Fail unless `value` is a tuple (or another of `types`) of exactly len(`names`) items; return it.
+    For functions that return several things:
+
+        output, weights = expect_sequence(result, ("output", "weights"), what="sdpa(q, k, v)")
+        -> "sdpa(q, k, v): must return a tuple (output, weights), got a torch.float32 tensor of ..."
+    """
+    if not isinstance(value, types) or len(value) != len(names):
+        got = describe(value) + (f" of {len(value)} items" if isinstance(value, (tuple, list)) else "")
+        raise CheckFailure(f"{what}: must return a {types[0].__name__} ({', '.join(names)}), got {got}")
+    return value
+
+
+def expect_type(value: Any, kind: type | tuple[type, ...], *, what: str) -> Any:
+    """Fail unless `value` is an instance of `kind` (a class or a tuple of classes); return it.
+
+        expect_type(result, dict, what="train(...)")  -> "train(...): expected a dict, got a list"
+    """
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds):
+        want = " or ".join(_a(k.__name__) for k in kinds)
+        raise CheckFailure(f"{what}: expected {want}, got {describe(value)}")
+    return value

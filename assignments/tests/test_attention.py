@@ -9,7 +9,7 @@ allowed key, gradients, MultiHeadAttention against the reference's weights).
 import pytest
 import torch
 
-from grader.checks import CheckFailure, expect_close, expect_equal, expect_raises
+from grader.testing import expect_close, expect_equal, expect_raises, expect_sequence, expect_tensor
 
 pytestmark = pytest.mark.stage("attention")
 
@@ -42,9 +42,7 @@ def tensors(device):
 
 
 def as_pair(result, what):
-    if not isinstance(result, (tuple, list)) or len(result) != 2:
-        raise CheckFailure(f"{what} must return a tuple (output, weights)")
-    return result
+    return expect_sequence(result, ("output", "weights"), what=what)
 
 
 def test_causal_mask(student):
@@ -107,8 +105,6 @@ def test_mha_shapes_and_keys(student, device):
                  what="the state-dict keys of MultiHeadAttention(8, 2)")
     module.to(device)
     y = module(torch.zeros(2, 5, 8, device=device))
-    if not isinstance(y, torch.Tensor) or tuple(y.shape) != (2, 5, 8):
-        raise CheckFailure(f"MultiHeadAttention(8, 2)(x (2, 5, 8)) must have shape (2, 5, 8), got "
-                           f"{getattr(y, 'shape', type(y).__name__)}")
+    expect_tensor(y, what="MultiHeadAttention(8, 2)(x (2, 5, 8))", shape=(2, 5, 8))
     with expect_raises("ValueError", what="MultiHeadAttention(8, 3)"):
         student.attention.MultiHeadAttention(8, 3)

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from grader.checks import CheckFailure, expect_close, expect_equal, expect_raises, expect_scalar
+from grader.testing import CheckFailure, expect_close, expect_equal, expect_raises, expect_scalar, expect_type
 
 pytestmark = pytest.mark.stage("bigram")
 
@@ -149,8 +149,7 @@ def test_nll_unseen_is_infinite(student, device):
 # ---- sample -------------------------------------------------------------------
 
 def check_words(words, n: int, max_len: int, what: str, exact_len: bool = False) -> None:
-    if not isinstance(words, list):
-        raise CheckFailure(f"{what}: expected a list of strings, got a {type(words).__name__}")
+    expect_type(words, list, what=what)
     if len(words) != n:
         raise CheckFailure(f"{what}: expected {n} words, got {len(words)}")
     for i, word in enumerate(words):

@@ -10,8 +10,7 @@ import math
 import pytest
 import torch
 
-from grader.checks import CheckFailure, expect_close, expect_equal, expect_raises
-from grader.remote import backward
+from grader.testing import CheckFailure, backward, expect_close, expect_equal, expect_raises
 
 pytestmark = pytest.mark.stage("embeddings")
 

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from grader.checks import CheckFailure, expect_close, expect_raises
+from grader.testing import CheckFailure, expect_close, expect_raises, expect_tensor
 
 pytestmark = pytest.mark.stage("sampling")
 
@@ -91,9 +91,7 @@ def test_sampling_respects_filters(student, device):
     logits = z(device).repeat(2000, 1)
     gen = torch.Generator(device=device).manual_seed(0)
     tokens = student.sampling.sample_next(logits, temperature=0.5, top_p=0.9, generator=gen)
-    if not isinstance(tokens, torch.Tensor) or tuple(tokens.shape) != (2000, 1) or tokens.dtype != torch.int64:
-        raise CheckFailure(f"sample_next on (2000, 5) logits should return a (2000, 1) int64 tensor, got "
-                           f"{getattr(tokens, 'dtype', type(tokens).__name__)} {tuple(getattr(tokens, 'shape', ()))}")
+    expect_tensor(tokens, what="sample_next on (2000, 5) logits", shape=(2000, 1), dtype=torch.int64)
     counts = torch.bincount(tokens.flatten().cpu(), minlength=5).tolist()
     if counts[2] + counts[3] + counts[4]:
         raise CheckFailure(f"sample_next(T=0.5, top_p=0.9) drew tokens 2, 3 or 4 (counts {counts}); only "
@@ -109,8 +107,5 @@ def test_generate_shape(student, device):
     idx = torch.tensor([[1, 2, 3], [4, 5, 6]], device=device)
     gen = torch.Generator(device=device).manual_seed(0)
     out = student.sampling.generate(model, idx, 6, block_size=4, generator=gen)
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, 9) or out.dtype != torch.int64:
-        raise CheckFailure(f"generate(model, idx (2, 3), 6, block_size=4) should return a (2, 9) int64 "
-                           f"tensor, got {getattr(out, 'dtype', type(out).__name__)} "
-                           f"{tuple(getattr(out, 'shape', ()))}")
+    expect_tensor(out, what="generate(model, idx (2, 3), 6, block_size=4)", shape=(2, 9), dtype=torch.int64)
     expect_close(out[:, :3], idx, what="the first 3 columns of generate(...) (the prompt)")

@@ -8,8 +8,7 @@ text, with several sets of ranks, and many more training texts).
 
 import pytest
 
-from grader.checks import CheckFailure, describe, expect_equal, expect_raises
-from grader.gpt2 import GPT2_PATTERN, gpt2_ranks
+from grader.testing import CheckFailure, GPT2_PATTERN, describe, expect_equal, expect_raises, gpt2_ranks
 
 pytestmark = pytest.mark.stage("tokenizer")
 

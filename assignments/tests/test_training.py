@@ -13,8 +13,7 @@ import math
 import pytest
 import torch
 
-from grader.checks import CheckFailure, expect_close, expect_equal, expect_scalar
-from grader.stages import project_root
+from grader.testing import CheckFailure, expect_close, expect_equal, expect_scalar, project_root
 
 pytestmark = pytest.mark.stage("training")
 

@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from grader.checks import CheckFailure, expect_close, expect_equal
+from grader.testing import (CheckFailure, expect_close, expect_equal, expect_sequence, expect_tensor,
+                            expect_type)
 
 pytestmark = pytest.mark.stage("transformer")
 
@@ -93,8 +94,7 @@ def test_feedforward_gelu(student, device):
 def test_gpt_state_dict_keys(student):
     """GPT(10, 8, 8, 1, 2) has exactly the contract's state-dict keys and shapes"""
     state = student.transformer.GPT(10, 8, 8, 1, 2).state_dict()
-    if not isinstance(state, dict):
-        raise CheckFailure(f"GPT(10, 8, 8, 1, 2).state_dict(): expected a dict, got {type(state).__name__}")
+    expect_type(state, dict, what="GPT(10, 8, 8, 1, 2).state_dict()")
     shapes = {k: tuple(v.shape) for k, v in state.items() if isinstance(v, torch.Tensor)}
     expect_equal(shapes, TINY_KEYS, what="GPT(10, 8, 8, 1, 2).state_dict() keys and shapes", mistakes={
         "lm_head has a bias: build it with nn.Linear(d_model, vocab_size, bias=False)":
@@ -108,12 +108,8 @@ def test_gpt_logits_and_initial_loss(student, device):
     model.eval()
     idx = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8], [0, 0, 9, 9, 1, 1, 2, 2]], device=device)
     output = model(idx)
-    if not isinstance(output, tuple) or len(output) != 2:
-        raise CheckFailure("GPT(...)(idx): expected a pair (logits, loss)")
-    logits, loss = output
-    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, 8, 10):
-        raise CheckFailure(f"GPT(...)(idx) logits: expected shape (2, 8, 10), got "
-                           f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__}")
+    logits, loss = expect_sequence(output, ("logits", "loss"), what="GPT(...)(idx)", types=(tuple,))
+    expect_tensor(logits, what="GPT(...)(idx) logits", shape=(2, 8, 10))
     if loss is not None:
         raise CheckFailure("GPT(...)(idx): the loss must be None when no targets are given")
     _, loss = model(idx, idx.roll(-1, dims=1))

@@ -7,12 +7,8 @@ import math
 
 import torch
 
-from grader.checks import CheckFailure, expect_close, reduction_atol, tensor_mismatch, tolerance
-
-
-def randn(*shape, seed: int, device: str, dtype=torch.float32, scale: float = 1.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).to(device=device, dtype=dtype)
+from grader.testing import (CheckFailure, StudentCodeError, backward, expect_close, expect_sequence, randn,
+                            reduction_atol, tensor_mismatch, tolerance)
 
 
 def qkv(shape_q, shape_k, dv, seed, device, dtype=torch.float32, scale=1.5):
@@ -89,11 +85,7 @@ def variants(q, k, v, mask=None, is_causal=False) -> dict:
 
 def output_and_weights(result, what: str):
     """(output, weights) from scaled_dot_product_attention, after checking it returned a pair."""
-    if not isinstance(result, (tuple, list)) or len(result) != 2:
-        raise CheckFailure(f"{what}: must return a tuple (output, weights), got "
-                           f"{type(result).__name__}" + (f" of {len(result)} items" if
-                                                         isinstance(result, (tuple, list)) else ""))
-    return result
+    return expect_sequence(result, ("output", "weights"), what=what)
 
 
 def check_attention(result, q, k, v, mask=None, is_causal=False, *, what: str, atol=None, rtol=None):
@@ -145,7 +137,6 @@ SDPA_TEST = "scaled_dot_product_attention on multi-head (B, H, T, d) inputs, is_
 def sdpa_note(student, device, causal: bool) -> str | None:
     """What the student's scaled_dot_product_attention gets wrong on multi-head inputs (the check of
     test_sdpa_shapes, whose name is given), or None when it is right."""
-    from grader.remote import StudentCodeError
 
     q, k, v = qkv((2, 3, 5, 4), (2, 3, 5, 4), 4, seed=10, device=device)
     try:
@@ -162,7 +153,6 @@ def sdpa_blamed(student, device, causal: bool):
     """Around calls of the student's MultiHeadAttention: when one raises and their own
     scaled_dot_product_attention fails its check (say it returns only the output, which their
     forward then unpacks), the feedback names that mistake and the test charging it."""
-    from grader.remote import StudentCodeError
 
     try:
         yield
@@ -182,7 +172,6 @@ def mha_own_sdpa(student, sd, x, n_heads, causal, grad_output=None):
     """MultiHeadAttention(x) in x's dtype with the contract's linear layers computed here and the
     heads' attention done by the student's own scaled_dot_product_attention (in the worker).
     With grad_output: (output, grad of x, {parameter: grad}), chained through it."""
-    from grader.remote import backward
 
     x = x.detach()
     cast = dict(dtype=x.dtype, device=x.device)

@@ -12,13 +12,8 @@ import pytest
 import torch
 
 from attention_checks import expect_mha, mha_own_sdpa, sdpa_blamed, sdpa_note
-from grader.checks import CheckFailure, expect_close, expect_equal, expect_raises, tensor_mismatch, tolerance
-from grader.remote import backward
-
-
-def randn(*shape, seed: int, scale: float = 1.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).float()
+from grader.testing import (CheckFailure, backward, expect_close, expect_equal, expect_raises, expect_tensor,
+                            randn, tensor_mismatch, tolerance)
 
 
 def weights(d_model: int, bias: bool, seed: int) -> dict:
@@ -305,8 +300,7 @@ def test_mha_dropout_in_training(student, device):
     module = student_mha(student, C, 4, sd, device, dropout=0.5, eval_mode=False)
     with sdpa_blamed(student, device, False):
         y = module(x, causal=False)
-    if not isinstance(y, torch.Tensor) or tuple(y.shape) != (4, T, C):
-        raise CheckFailure(f"expected a tensor of shape (4, {T}, {C}), got {getattr(y, 'shape', y)}")
+    expect_tensor(y, what=f"MultiHeadAttention({C}, 4, dropout=0.5) in training mode", shape=(4, T, C))
     y = y.detach().cpu().double()
     if torch.allclose(y, torch.ones_like(y)):
         raise CheckFailure("with dropout=0.5 in training mode the output is exactly the dropout-free one: "

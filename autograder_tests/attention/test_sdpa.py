@@ -9,10 +9,11 @@ MultiHeadAttention is tested in test_mha.py.
 import pytest
 import torch
 
-from attention_checks import WRONG_DIM, attend, check_attention, output_and_weights, qkv, randn, sdpa_note, sum_atol, variants
-from grader.checks import CheckFailure, expect_close, expect_equal, expect_raises, tensor_mismatch, tolerance
-from grader.remote import StudentCodeError, backward
-from grader.timing import run_time
+from attention_checks import (WRONG_DIM, attend, check_attention, output_and_weights, qkv, sdpa_note,
+                              sum_atol, variants)
+from grader.testing import (CheckFailure, StudentCodeError, backward, expect_close, expect_equal,
+                            expect_own_code_without_banned_apis, expect_raises, expect_sequence,
+                            expect_tensor, randn, run_time, tensor_mismatch, tolerance)
 
 
 # ---- causal_mask ----------------------------------------------------------------------
@@ -135,9 +136,7 @@ def test_sdpa_exact_zeros_and_sums(student, device):
     out, weights = output_and_weights(student.attention.scaled_dot_product_attention(q, k, v, mask=allowed,
                                                                                      is_causal=False),
                                       "scaled_dot_product_attention(q, k, v, mask)")
-    if not isinstance(weights, torch.Tensor) or weights.shape != allowed.shape:
-        raise CheckFailure(f"the weights must be a tensor of shape {tuple(allowed.shape)}, got "
-                           f"{getattr(weights, 'shape', type(weights).__name__)}")
+    expect_tensor(weights, what="scaled_dot_product_attention(q, k, v, mask): the weights", shape=allowed.shape)
     leaked = weights.detach().cpu().double().masked_fill(allowed.cpu(), 0.0).abs()
     if leaked.max() > 0:
         i = tuple(int(x) for x in (leaked == leaked.max()).nonzero()[0])
@@ -275,8 +274,7 @@ def test_sdpa_speed(student, reference, device):
     shape = CHECK_SHAPE[device]
     q, k, v = qkv(shape, shape, shape[-1], seed=22, device=device)
     got = student.attention.scaled_dot_product_attention(q, k, v, is_causal=True)
-    if not isinstance(got, (tuple, list)) or len(got) != 2:
-        raise CheckFailure("scaled_dot_product_attention must return (output, weights)")
+    expect_sequence(got, ("output", "weights"), what="scaled_dot_product_attention(q, k, v, is_causal=True)")
     expected = reference.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
     atol = sum_atol(v, shape[-2], 0)   # 128 (CPU) or 256 (CUDA) keys: ~3e-5 / 7e-5
     if tensor_mismatch(got[0], expected[0].float(), atol=atol) is not None and \
@@ -309,7 +307,6 @@ def test_sdpa_speed(student, reference, device):
 @pytest.mark.points(2)
 def test_no_banned_apis(student, submission_dir, reference):
     """attention.py and its helper modules call none of the banned APIs"""
-    from grader.banned import expect_own_code_without_banned_apis
 
     q, k, v = qkv((3, 4), (3, 4), 4, seed=23, device="cpu")
     expect_own_code_without_banned_apis([lambda: student.attention.scaled_dot_product_attention(q, k, v)],

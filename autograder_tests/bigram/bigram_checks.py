@@ -9,11 +9,7 @@ import math
 
 import torch
 
-from grader.checks import CheckFailure, expect_equal, expect_scalar, reduction_atol
-
-
-def generator(device: str, seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
+from grader.testing import CheckFailure, expect_equal, expect_scalar, reduction_atol
 
 
 def pairs(words, stoi, start=True, end=True):

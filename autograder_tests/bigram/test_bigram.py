@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from bigram_checks import (counts_mistakes, expect_nll, expect_runs_to, expect_words,  # this folder's helpers
-                           generator, probs_mistakes, vocab_mistakes)
-from grader.checks import CheckFailure, describe, expect_close, expect_equal, expect_raises, expect_scalar
-from grader.stages import project_root
+                           probs_mistakes, vocab_mistakes)
+from grader.testing import (CheckFailure, describe, expect_close, expect_equal, expect_raises, expect_scalar,
+                            project_root, seeded)
 
 HAND_WORDS = ["ab", "abb", "b"]
 HERE = Path(__file__).parent
@@ -198,8 +198,8 @@ def test_sample_hand_exact(student, reference, device):
     stoi, itos = reference.build_vocab(HAND_WORDS)
     probs = reference.bigram_probs(reference.bigram_counts(HAND_WORDS, stoi), 1.0).to(device)
     # max_len is passed (its default is test_sample_default_max_len's): these words can run long.
-    call = lambda: student.bigram.sample(probs, itos, 12, generator(device, 42), 50)  # noqa: E731
-    expected = reference.sample(probs, itos, 12, generator(device, 42), 50)
+    call = lambda: student.bigram.sample(probs, itos, 12, seeded(42, device), 50)  # noqa: E731
+    expected = reference.sample(probs, itos, 12, seeded(42, device), 50)
     expect_words(call(), expected, what="sample(probs, itos, 12, generator seeded 42, 50)", draw=call, mistakes={
         "each word still contains the boundary token '.'": [w + "." for w in expected],
     })
@@ -210,12 +210,12 @@ def test_sample_names_exact(student, reference, names, device):
     """sample from the names model, twice with one generator, matches exactly"""
     stoi, itos = reference.build_vocab(names)
     probs = reference.bigram_probs(reference.bigram_counts(names, stoi), 1.0).to(device)
-    gen, ref_gen = generator(device, 2024), generator(device, 2024)
+    gen, ref_gen = seeded(2024, device), seeded(2024, device)
     for call in ("first", "second"):
         expected = reference.sample(probs, itos, 20, ref_gen, 50)
         expect_words(student.bigram.sample(probs, itos, 20, gen, 50), expected,
                      what=f"the {call} call of sample(probs, itos, 20, generator, 50) with one generator",
-                     draw=lambda: student.bigram.sample(probs, itos, 20, generator(device, 5), 50),
+                     draw=lambda: student.bigram.sample(probs, itos, 20, seeded(5, device), 50),
                      mistakes={"each word still contains the boundary token '.'": [w + "." for w in expected]})
 
 
@@ -223,9 +223,9 @@ def test_sample_uses_generator(student, reference, names, device):
     """sample takes all its randomness from the generator passed in"""
     stoi, itos = reference.build_vocab(names)
     probs = reference.bigram_probs(reference.bigram_counts(names, stoi), 1.0).to(device)
-    first = student.bigram.sample(probs, itos, 10, generator(device, 7))
+    first = student.bigram.sample(probs, itos, 10, seeded(7, device))
     torch.manual_seed(123)  # the grader's global RNG; the worker's is its own
-    second = student.bigram.sample(probs, itos, 10, generator(device, 7))
+    second = student.bigram.sample(probs, itos, 10, seeded(7, device))
     if first != second:
         raise CheckFailure("sample gave different words for two generators with the same seed: "
                            "it uses the global random generator instead of `generator`")
@@ -245,18 +245,18 @@ def never_ending(device):
 def test_sample_max_len(student, device, max_len):
     """sample stops a word at max_len={max_len} characters"""
     probs, itos = never_ending(device)
-    expect_runs_to(student.bigram.sample(probs, itos, 4, generator(device, 3), max_len), n=4, length=max_len,
+    expect_runs_to(student.bigram.sample(probs, itos, 4, seeded(3, device), max_len), n=4, length=max_len,
                    alphabet="ab", what=f"sample(never-ending probs, itos, 4, generator, max_len={max_len})")
 
 
 def test_sample_default_max_len(student, device):
     """sample stops a word at 50 characters by default (max_len omitted, and passed as max_len=50)"""
     probs, itos = never_ending(device)
-    explicit = student.bigram.sample(probs, itos, 3, generator(device, 4), max_len=50)
+    explicit = student.bigram.sample(probs, itos, 3, seeded(4, device), max_len=50)
     expect_runs_to(explicit, n=3, length=len(explicit[0]) if explicit and isinstance(explicit[0], str) else 50,
                    alphabet="ab", what="sample(never-ending probs, itos, 3, generator, max_len=50)")
     # The lengths max_len gives are test_sample_max_len's: the default must give what max_len=50 gives.
-    expect_runs_to(student.bigram.sample(probs, itos, 3, generator(device, 4)), n=3, length=len(explicit[0]),
+    expect_runs_to(student.bigram.sample(probs, itos, 3, seeded(4, device)), n=3, length=len(explicit[0]),
                    alphabet="ab", what="sample(never-ending probs, itos, 3, generator) with the default max_len "
                                        "(expected as long as with max_len=50)")
 

@@ -10,9 +10,8 @@ import math
 
 import torch
 
-from grader.checks import (CheckFailure, assert_outside, expect_close, reduction_atol, tensor_mismatch,
-                           tolerance)
-from grader.remote import StudentCodeError, backward
+from grader.testing import (CheckFailure, StudentCodeError, assert_outside, backward, expect_close,
+                            reduction_atol, tensor_mismatch, tolerance)
 
 
 def expect_close_large(got, expected: torch.Tensor, *, what: str, mistakes: dict, hint: str,

@@ -9,8 +9,7 @@ with the wording of their feedback (`describe_call`, `expect_not_a_number`, `wro
 import torch
 import torch.nn.functional as F
 
-from grader.checks import CheckFailure
-from grader.remote import StudentCodeError
+from grader.testing import CheckFailure, StudentCodeError
 
 
 def make(shape, seed: int, ignored: int = 0, ignore_index: int = -100, scale: float = 2.0):

@@ -18,10 +18,9 @@ import math
 import pytest
 import torch
 
-from grader.banned import expect_own_code_without_banned_apis
-from grader.checks import (CheckFailure, describe, expect_close, expect_raises, expect_scalar, tensor_mismatch,
-                           tolerance)
-from grader.remote import StudentCodeError, backward
+from grader.testing import (CheckFailure, StudentCodeError, backward, describe, expect_close,
+                            expect_own_code_without_banned_apis, expect_raises, expect_scalar,
+                            tensor_mismatch, tolerance)
 
 from cross_entropy_checks import (assert_outside, carried_forward, carried_gradient,  # this folder's helpers
                                   expect_close_large, loss_atol, own_log_softmax)

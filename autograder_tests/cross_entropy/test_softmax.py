@@ -9,8 +9,8 @@ would return for the same inputs.
 import pytest
 import torch
 
-from grader.checks import CheckFailure, expect_close, reduction_atol
-from grader.remote import StudentCodeError, backward
+from grader.testing import (CheckFailure, StudentCodeError, backward, expect_close, expect_tensor, randn,
+                            reduction_atol)
 
 from cross_entropy_checks import assert_outside, expect_close_large, lse_atol  # this folder's helpers
 
@@ -23,11 +23,6 @@ CASES = {
     "(5, 3), dim=0": ((5, 3), 0),
     "(2, 4, 3), dim=1": ((2, 4, 3), 1),
 }
-
-
-def random_logits(shape, seed: int, scale: float = 2.0) -> torch.Tensor:
-    """float64 CPU logits; tests cast them to the dtype and device under test."""
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * scale
 
 
 def exact(fn: str, x: torch.Tensor, dim: int) -> torch.Tensor:
@@ -118,7 +113,7 @@ def test_values(student, device, fn, case):
     """{fn} values for logits {case}, float32 and float64"""
     shape, dim = CASES[case]
     for seed, dtype in enumerate((torch.float32, torch.float64)):
-        x = random_logits(shape, seed).to(dtype=dtype, device=device)
+        x = randn(shape, seed=seed, dtype=torch.float64, scale=2.0).to(dtype=dtype, device=device)
         d = -1 if dim is None else dim
         expect_close(call(student, fn, x, dim), like(exact(fn, x, d), x),
                      what=call_text(fn, shape, dtype, dim), mistakes=value_mistakes(fn, x, d))
@@ -126,13 +121,11 @@ def test_values(student, device, fn, case):
 
 def test_softmax_sums_to_one(student, device):
     """softmax is in [0, 1] and sums to 1 along dim (dim=-1 and dim=0 of (3, 4, 5))"""
-    x = random_logits((3, 4, 5), 7, scale=5.0).to(dtype=torch.float32, device=device)
+    x = randn((3, 4, 5), seed=7, dtype=torch.float64, scale=5.0).to(dtype=torch.float32, device=device)
     for dim in (-1, 0):
         p = student.cross_entropy.softmax(x, dim)
         what = call_text("softmax", x.shape, x.dtype, dim)
-        if not isinstance(p, torch.Tensor) or p.shape != x.shape:
-            raise CheckFailure(f"{what}: expected a tensor of shape {tuple(x.shape)}, got "
-                               + (f"shape {tuple(p.shape)}" if isinstance(p, torch.Tensor) else type(p).__name__))
+        expect_tensor(p, what=what, shape=x.shape)
         if not ((p >= 0) & (p <= 1)).all():
             raise CheckFailure(f"{what}: some probabilities are not in [0, 1] (or are NaN)")
         sums = p.double().sum(dim)
@@ -193,7 +186,7 @@ def test_large_vocabulary(student, device, fn):
     # normalised over the whole tensor are log 4 = 1.4 off, without the log-sum-exp ~4, the max
     # not added back ~9; softmax over the whole tensor is 4x too small, unnormalised ~70x too big,
     # and each function returning the other is off by ~13 (or more).
-    x = random_logits((4, 50257), 150).to(dtype=torch.float32, device=device)
+    x = randn((4, 50257), seed=150, dtype=torch.float64, scale=2.0).to(dtype=torch.float32, device=device)
     bound = lse_atol(x)
     tolerance = {"atol": max(1e-5, bound), "rtol": 1e-4} if fn == "log_softmax" else \
         {"atol": 1e-5, "rtol": max(1e-4, bound)}
@@ -214,8 +207,8 @@ def test_gradients(student, device, fn):
     for seed, (dtype, shape, dim) in enumerate([(torch.float32, (5, 7), -1), (torch.float64, (5, 7), -1),
                                                 (torch.float32, (2, 4, 3), 1),
                                                 (torch.float64, (2, 4, 3), 1)]):
-        x64 = random_logits(shape, 20 + seed).requires_grad_()
-        grad_out = random_logits(shape, 40 + seed, scale=1.0)
+        x64 = randn(shape, seed=20 + seed, dtype=torch.float64, scale=2.0).requires_grad_()
+        grad_out = randn(shape, seed=40 + seed, dtype=torch.float64, scale=1.0)
         oracle = torch.softmax if fn == "softmax" else torch.log_softmax
         expected, = torch.autograd.grad(oracle(x64, dim), x64, grad_out)
         x = x64.detach().to(dtype=dtype, device=device).requires_grad_()

@@ -5,17 +5,12 @@ import math
 
 import torch
 
-from grader.checks import CheckFailure, assert_outside, expect_close, reduction_atol, tensor_mismatch
-from grader.remote import StudentCodeError, backward
+from grader.testing import (CheckFailure, StudentCodeError, assert_outside, backward, expect_close,
+                            reduction_atol, tensor_mismatch)
 
 COSINE_TEST = "'cosine_similarity over the last dim with broadcasting, ...'"
 NEAREST_TEST = "'nearest on a table where cosine and dot product disagree, ...'"
 WEIGHT_TEST = "'TokenEmbedding.weight is a float32 parameter of shape (rows, d_model) named 'weight''"
-
-
-def randn(*shape, seed: int, device: str, dtype=torch.float32) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
 
 
 def int64(values, device: str) -> torch.Tensor:
@@ -82,7 +77,6 @@ def cosine_atol(d: int, dtype: torch.dtype = torch.float32) -> float:
     1e-5 elementwise atol), d = 16 2.4e-6, d = 768 9.2e-5.
     """
     return 2 * reduction_atol(d, 1.0, dtype=dtype)
-
 
 
 def cosine_mistakes(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> dict:

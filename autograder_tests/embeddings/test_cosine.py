@@ -13,12 +13,10 @@ the feedback names the student's cosine or nearest mistake and the test charging
 import pytest
 import torch
 
-from grader.checks import CheckFailure, expect_close, expect_equal
-from grader.remote import StudentCodeError
+from grader.testing import CheckFailure, StudentCodeError, expect_close, expect_equal, randn
 
-from embeddings_checks import (  # this folder's helpers
-    NEAREST_TEST, assert_outside, cosine_atol, cosine_mistakes, cosine_note, int64, matches_own_cosine,
-    own_nearest, randn, ranking)
+from embeddings_checks import (NEAREST_TEST, assert_outside, cosine_atol,  # this folder's helpers
+                               cosine_mistakes, cosine_note, int64, matches_own_cosine, own_nearest, ranking)
 
 # The analogy table of the handout (section 6): dims are (royalty, maleness, fruitiness).
 WORDS = ["man", "woman", "king", "queen", "prince", "apple"]

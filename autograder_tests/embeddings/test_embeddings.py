@@ -15,9 +15,10 @@ import math
 import pytest
 import torch
 
-from grader.checks import CheckFailure, expect_close, expect_raises
+from grader.testing import (CheckFailure, expect_close, expect_own_code_without_banned_apis, expect_raises,
+                            expect_tensor, randn)
 
-from embeddings_checks import int64, randn, rows_used, student_module, weight_grad  # this folder's helpers
+from embeddings_checks import int64, rows_used, student_module, weight_grad  # this folder's helpers
 
 # ---- one_hot ------------------------------------------------------------------
 
@@ -46,10 +47,7 @@ def expect_weight(state: dict, cls: str, shape: tuple[int, int]) -> None:
         keys = sorted(state) if isinstance(state, dict) else state
         raise CheckFailure(f"{cls}{shape}.state_dict() has no 'weight' (it has {keys}): store the table as "
                            "self.weight = nn.Parameter(...) so that it is learned and saved")
-    weight = state["weight"]
-    if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != shape or weight.dtype != torch.float32:
-        got = f"{weight.dtype} {tuple(weight.shape)}" if isinstance(weight, torch.Tensor) else type(weight).__name__
-        raise CheckFailure(f"{cls}{shape}.weight: expected a torch.float32 tensor of shape {shape}, got {got}")
+    expect_tensor(state["weight"], what=f"{cls}{shape}.weight", shape=shape, dtype=torch.float32)
 
 
 @pytest.mark.parametrize("cls", ["TokenEmbedding", "PositionalEmbedding"])
@@ -68,8 +66,7 @@ def test_weight_init(student, cls):
     # mean within +-0.001 (25 s.e.), the share inside +-0.02 within 0.683 +- 0.02 (22 s.e.): a
     # correct init fails with probability below 1e-100, whatever the seed.
     weight = getattr(student.embeddings, cls)(1024, 256).weight
-    if not isinstance(weight, torch.Tensor):
-        raise CheckFailure(f"{cls}(1024, 256).weight should be a tensor, got {type(weight).__name__}")
+    expect_tensor(weight, what=f"{cls}(1024, 256).weight")
     w = weight.detach().double().cpu().flatten()
     mean, std, inside = w.mean().item(), w.std().item(), (w.abs() < 0.02).double().mean().item()
     what = f"{cls}(1024, 256).weight: mean {mean:.4g}, std {std:.4g}, share within 0.02 of 0 {inside:.3f}"
@@ -233,7 +230,6 @@ def test_sinusoidal_odd(student, d_model):
 @pytest.mark.points(2)
 def test_no_banned_apis(student, submission_dir, reference):
     """embeddings.py and its helper modules call none of the banned APIs"""
-    from grader.banned import expect_own_code_without_banned_apis
 
     expect_own_code_without_banned_apis(
         [lambda: student.embeddings.one_hot(int64([1], "cpu"), 2),

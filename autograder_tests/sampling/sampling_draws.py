@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from grader.checks import CheckFailure, expect_close, expect_equal, reduction_atol
-from grader.remote import StudentCodeError
+from grader.testing import CheckFailure, StudentCodeError, expect_close, expect_equal, reduction_atol
 
 # A float32 softmax over V tokens is within γ_{V+4} relative of the exact one in any order
 # (its sum S: grader.checks.reduction_atol), so p_i / E_i moves by at most ~2·γ_{V+4}: 1.7e-6
@@ -41,15 +40,6 @@ def divides_by_zero(exc: StudentCodeError) -> bool:
     """Whether a temperature-0 call failed the way dividing the logits by 0 fails."""
     return (exc.is_a("ValueError") or exc.is_a("ZeroDivisionError")
             or "probability tensor contains" in str(exc))
-
-
-def randn(*shape, seed: int, device: str, scale: float = 1.5) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).to(device=device, dtype=torch.float32)
-
-
-def seeded(device: str, seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 def copy_of(gen: torch.Generator) -> torch.Generator:
@@ -128,8 +118,6 @@ def judge(got, gen: torch.Generator, start: torch.Generator, expected: torch.Ten
         raise
     raise CheckFailure(f"{what}: the generator passed in was never used (the tokens come from the global "
                        "random generator): pass generator=generator to torch.multinomial")
-
-
 
 
 def trusted(start: torch.Generator, expected: torch.Tensor, end: torch.Generator, steps: int, step_probs) -> bool:

@@ -12,14 +12,9 @@ import math
 import pytest
 import torch
 
-from grader.checks import expect_close, expect_raises, reduction_atol
+from grader.testing import expect_close, expect_raises, randn, reduction_atol
 
 INF = math.inf
-
-
-def randn(*shape, seed: int, device: str, dtype=torch.float32, scale: float = 2.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return (scale * torch.randn(*shape, generator=g, dtype=torch.float64)).to(device=device, dtype=dtype)
 
 
 def expected(fn, logits: torch.Tensor, *args) -> torch.Tensor:
@@ -117,7 +112,7 @@ def check_no_cut_ambiguity(logits: torch.Tensor, p: float) -> None:
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0, 0.73])
 def test_temperature(student, reference, device, temperature):
     """apply_temperature divides (B, V) float32 logits by T = {temperature}"""
-    logits = randn(3, 7, seed=1, device=device)
+    logits = randn(3, 7, seed=1, device=device, scale=2.0)
     expect_close(student.sampling.apply_temperature(logits, temperature),
                  expected(reference.apply_temperature, logits, temperature),
                  what=f"apply_temperature(logits, {temperature})", mistakes={
@@ -127,7 +122,7 @@ def test_temperature(student, reference, device, temperature):
 
 def test_temperature_float64_and_3d(student, reference, device):
     """apply_temperature keeps float64 and any (..., V) shape"""
-    logits = randn(2, 3, 5, seed=2, device=device, dtype=torch.float64)
+    logits = randn(2, 3, 5, seed=2, device=device, dtype=torch.float64, scale=2.0)
     expect_close(student.sampling.apply_temperature(logits, 0.8), reference.apply_temperature(logits, 0.8),
                  what="apply_temperature(float64 logits (2, 3, 5), 0.8)")
 
@@ -145,7 +140,7 @@ def test_temperature_rejects(student, temperature):
 @pytest.mark.parametrize("k", [1, 3, 7])
 def test_top_k_batched(student, reference, device, k):
     """top_k_filter keeps the {k} largest logits of each row of (4, 9) float32 logits"""
-    logits = randn(4, 9, seed=10 + k, device=device)
+    logits = randn(4, 9, seed=10 + k, device=device, scale=2.0)
     expect_close(student.sampling.top_k_filter(logits, k), expected(reference.top_k_filter, logits, k),
                  what=f"top_k_filter(logits (4, 9), {k})", mistakes=top_k_mistakes(logits, k))
 
@@ -165,13 +160,13 @@ def test_top_k_ties(student, reference, device):
 @pytest.mark.parametrize("k", [9, 20])
 def test_top_k_large_k(student, device, k):
     """top_k_filter with k = {k} >= V = 9 returns the logits unchanged"""
-    logits = randn(3, 9, seed=4, device=device)
+    logits = randn(3, 9, seed=4, device=device, scale=2.0)
     expect_close(student.sampling.top_k_filter(logits, k), logits, what=f"top_k_filter(logits (3, 9), {k})")
 
 
 def test_top_k_3d_float64(student, reference, device):
     """top_k_filter works on (2, 3, 8) float64 logits, row by row"""
-    logits = randn(2, 3, 8, seed=5, device=device, dtype=torch.float64)
+    logits = randn(2, 3, 8, seed=5, device=device, dtype=torch.float64, scale=2.0)
     expect_close(student.sampling.top_k_filter(logits, 3), reference.top_k_filter(logits, 3),
                  what="top_k_filter(float64 logits (2, 3, 8), 3)", mistakes=top_k_mistakes(logits, 3))
 
@@ -182,7 +177,7 @@ def test_top_k_3d_float64(student, reference, device):
 @pytest.mark.parametrize("p", [0.55, 0.85, 0.93])
 def test_top_p_batched(student, reference, device, p):
     """top_p_filter keeps the nucleus of mass p = {p} in each row of (4, 10) float32 logits"""
-    logits = randn(4, 10, seed=21, device=device)
+    logits = randn(4, 10, seed=21, device=device, scale=2.0)
     check_no_cut_ambiguity(logits, p)
     expect_close(student.sampling.top_p_filter(logits, p), expected(reference.top_p_filter, logits, p),
                  what=f"top_p_filter(logits (4, 10), {p})", mistakes=top_p_mistakes(logits, p))

@@ -16,11 +16,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grader.checks import CheckFailure, expect_close, expect_equal
-from grader.remote import StudentCodeError
-from grader.worker import fixtures
-from sampling_draws import (check_cut, copy_of, distribution, divides_by_zero, judge, own_distribution,  # helpers
-                            same_state, seeded)
+from grader.testing import (CheckFailure, StudentCodeError, build_fixture, expect_close, expect_equal,
+                            randint, seeded)
+from sampling_draws import (check_cut, copy_of, distribution, divides_by_zero, judge,  # helpers
+                            own_distribution, same_state)
 
 # ---- generate -----------------------------------------------------------------
 
@@ -35,8 +34,8 @@ def models(student, device: str, seed: int, returns_tuple: bool = False):
     """The grader's ContextLM in the worker, the same one here, and a float64 copy on the CPU."""
     kwargs = lm_kwargs(seed, returns_tuple)
     remote = student.fixture("ContextLM", device=device, **kwargs)
-    local = fixtures.build("ContextLM", [], dict(kwargs, device=device))
-    exact = fixtures.build("ContextLM", [], dict(kwargs, device="cpu")).double()
+    local = build_fixture("ContextLM", [], dict(kwargs, device=device))
+    exact = build_fixture("ContextLM", [], dict(kwargs, device="cpu")).double()
     return remote, local, exact
 
 
@@ -147,18 +146,15 @@ GEN_CASES = {
 }
 
 
-def prompt(shape, seed: int, device: str) -> torch.Tensor:
-    return torch.randint(V, shape, generator=torch.Generator().manual_seed(seed)).to(device)
-
-
 @pytest.mark.points(3)
 @pytest.mark.parametrize("name", list(GEN_CASES))
 def test_generate_exact(student, reference, device, name):
     """generate draws exactly the contract's tokens from a seeded generator: {name}"""
     case = GEN_CASES[name]
     remote, local, exact = models(student, device, case["seed"], case.get("tuple", False))
-    idx, steps, options = prompt(case["prompt"], case["seed"], device), case["steps"], case["options"]
-    start = seeded(device, 500 + case["seed"])
+    idx = randint(case["prompt"], high=V, seed=case["seed"], device=device)
+    steps, options = case["steps"], case["options"]
+    start = seeded(500 + case["seed"], device)
     gen, end = copy_of(start), copy_of(start)
     expected = reference.generate(local, idx, steps, BLOCK, generator=end, **options)
     T = idx.shape[1]
@@ -188,9 +184,9 @@ def test_generate_exact(student, reference, device, name):
 def test_generate_defaults(student, reference, device, how):
     """generate with temperature, top_k and top_p {how} (1.0, None, None) draws the contract's tokens"""
     remote, local, exact = models(student, device, 26)
-    idx, steps = prompt((2, 3), 26, device), 6
+    idx, steps = randint((2, 3), high=V, seed=26, device=device), 6
     options = {} if how == "omitted" else {"temperature": 1.0, "top_k": None, "top_p": None}
-    start = seeded(device, 526)
+    start = seeded(526, device)
     gen, end = copy_of(start), copy_of(start)
     expected = reference.generate(local, idx, steps, BLOCK, generator=end)
     text = "" if how == "omitted" else ", temperature=1.0, top_k=None, top_p=None"
@@ -214,18 +210,18 @@ def test_generate_defaults(student, reference, device, how):
 def test_generate_greedy(student, reference, device, returns_tuple):
     """generate with temperature 0 is greedy decoding, past block_size (tuple model: {returns_tuple})"""
     remote, local, _ = models(student, device, 31, returns_tuple)
-    idx = prompt((3, 3), 31, device)
+    idx = randint((3, 3), high=V, seed=31, device=device)
     expected = reference.generate(local, idx, 7, BLOCK, temperature=0.0)
     what = f"generate(model, idx (3, 3), 7, block_size={BLOCK}, temperature=0)"
     got = None
     try:
-        got = call_generate(student, what, remote, idx, 7, BLOCK, temperature=0.0, generator=seeded(device, 0))
+        got = call_generate(student, what, remote, idx, 7, BLOCK, temperature=0.0, generator=seeded(0, device))
         expect_equal(got, expected, what=what, mistakes={
-            d: m for d, m in generate_mistakes(reference, local, idx, 7, seeded(device, 0),
+            d: m for d, m in generate_mistakes(reference, local, idx, 7, seeded(0, device),
                                                dict(temperature=0.0)).items() if "argmax" not in d})
     except (CheckFailure, StudentCodeError):
         # Error carried forward: the student's own sample_next at temperature 0, step by step.
-        own, _ = own_generate(student, local, idx, 7, seeded(device, 0), dict(temperature=0.0))
+        own, _ = own_generate(student, local, idx, 7, seeded(0, device), dict(temperature=0.0))
         if got is None and isinstance(own, StudentCodeError) and not own.is_a("NotImplementedError"):
             return   # generate fails as the student's own greedy sample_next fails: charged by test_greedy
         if isinstance(own, torch.Tensor) and isinstance(got, torch.Tensor) and torch.equal(own.cpu(), got.cpu()):
@@ -237,7 +233,7 @@ def test_generate_greedy(student, reference, device, returns_tuple):
 def test_generate_shape_and_prompt(student, device):
     """generate returns (B, T + max_new_tokens) int64 on the device, prompt first, without gradients"""
     remote, _, _ = models(student, device, 41)
-    idx = prompt((3, 2), 41, device)
+    idx = randint((3, 2), high=V, seed=41, device=device)
     what = f"generate(model, idx (3, 2), 5, block_size={BLOCK}) with generator=None"
     got = call_generate(student, what, remote, idx, 5, BLOCK)
     if not isinstance(got, torch.Tensor) or tuple(got.shape) != (3, 7):

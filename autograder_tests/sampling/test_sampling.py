@@ -15,10 +15,9 @@ import math
 import pytest
 import torch
 
-from grader.checks import CheckFailure, expect_close
-from grader.remote import StudentCodeError
+from grader.testing import CheckFailure, StudentCodeError, expect_close, randn, seeded
 from sampling_draws import (check_cut, copy_of, distribution, divides_by_zero, draws_match, judge,  # helpers
-                            own_distribution, randn, seeded, trusted, upstream_note)
+                            own_distribution, trusted, upstream_note)
 
 
 # ---- sample_next: greedy ------------------------------------------------------
@@ -28,10 +27,10 @@ from sampling_draws import (check_cut, copy_of, distribution, divides_by_zero, d
 def test_greedy(student, reference, device, filters):
     """sample_next with temperature 0 returns the argmax of each row, (B, 1) int64 ({filters})"""
     options = {} if filters == "no filter" else {"top_k": 2, "top_p": 0.5}
-    logits = randn(5, 9, seed=3, device=device)
+    logits = randn(5, 9, seed=3, device=device, scale=1.5)
     what = f"sample_next(logits (5, 9), temperature=0{''.join(f', {k}={v}' for k, v in options.items())})"
     try:
-        got = student.sampling.sample_next(logits, temperature=0.0, generator=seeded(device, 0), **options)
+        got = student.sampling.sample_next(logits, temperature=0.0, generator=seeded(0, device), **options)
     except StudentCodeError as exc:
         if not divides_by_zero(exc):
             raise
@@ -59,7 +58,7 @@ CASES = {
 def case_logits(case: dict, device: str) -> torch.Tensor:
     if case["seed"] == 16:
         return torch.tensor(Z, device=device).repeat(case["rows"], 1)
-    return randn(case["rows"], 10, seed=case["seed"], device=device)
+    return randn(case["rows"], 10, seed=case["seed"], device=device, scale=1.5)
 
 
 def options_of(case: dict) -> dict:
@@ -119,7 +118,7 @@ def test_sample_next_exact(student, reference, device, name):
     """sample_next draws exactly the contract's tokens from a seeded generator: {name}"""
     case = CASES[name]
     logits, options = case_logits(case, device), options_of(case)
-    start = seeded(device, 1000 + case["seed"])
+    start = seeded(1000 + case["seed"], device)
     gen, end = copy_of(start), copy_of(start)
     expected = reference.sample_next(logits, generator=end, **options)
     got = call_sample_next(student, reference, logits, options, generator=gen)
@@ -145,9 +144,9 @@ def test_sample_next_exact(student, reference, device, name):
 @pytest.mark.parametrize("how", ["omitted", "passed explicitly"])
 def test_sample_next_defaults(student, reference, device, how):
     """sample_next with temperature, top_k and top_p {how} (1.0, None, None) draws the contract's tokens"""
-    logits = randn(6, 10, seed=17, device=device)
+    logits = randn(6, 10, seed=17, device=device, scale=1.5)
     options = {} if how == "omitted" else {"temperature": 1.0, "top_k": None, "top_p": None}
-    start = seeded(device, 1017)
+    start = seeded(1017, device)
     gen, end = copy_of(start), copy_of(start)
     expected = reference.sample_next(logits, generator=end)
     got = student.sampling.sample_next(logits, generator=gen, **options)
@@ -160,7 +159,7 @@ def test_sample_next_defaults(student, reference, device, how):
 @pytest.mark.parametrize("how", ["omitted", "None"])
 def test_sample_next_without_generator(student, reference, device, how):
     """sample_next with generator {how} returns (B, 1) int64 ids on the device (top_k=1: the argmax)"""
-    logits = randn(5, 9, seed=18, device=device)
+    logits = randn(5, 9, seed=18, device=device, scale=1.5)
     extra = {} if how == "omitted" else {"generator": None}
     what = f"sample_next(logits (5, 9), top_k=1{', generator=None' if extra else ''})"
     got = call_sample_next(student, reference, logits, {"top_k": 1}, **extra)
@@ -229,7 +228,7 @@ def test_sample_next_distribution(student, reference, device, name):
     case = dict(STAT_CASES[name])
     logits = torch.tensor(case.pop("logits"), device=device).repeat(DRAWS, 1)
     what = f"sample_next({DRAWS} copies of logits {STAT_CASES[name]['logits']}, {name})"
-    got = call_sample_next(student, reference, logits, case, generator=seeded(device, 7))
+    got = call_sample_next(student, reference, logits, case, generator=seeded(7, device))
     if got is CARRIED:
         return
     if not isinstance(got, torch.Tensor) or tuple(got.shape) != (DRAWS, 1) or got.dtype != torch.int64:

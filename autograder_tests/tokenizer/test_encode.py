@@ -13,10 +13,8 @@ import pytest
 import regex
 import tiktoken
 
-from grader.checks import CheckFailure, describe, expect_equal
-from grader.gpt2 import GPT2_PATTERN, GPT2_SPECIAL_TOKENS, gpt2_encoding, gpt2_ranks
-from grader.pytest_plugin import load_reference
-from grader.remote import StudentCodeError
+from grader.testing import (CheckFailure, GPT2_PATTERN, GPT2_SPECIAL_TOKENS, StudentCodeError, describe,
+                            expect_equal, gpt2_encoding, gpt2_ranks, load_reference)
 
 SAMPLE = (Path(__file__).parent / "data" / "sample.txt").read_text(encoding="utf-8")
 EOT = "<|endoftext|>"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import regex
 
-from grader.checks import CheckFailure, describe, expect_raises
-from grader.gpt2 import GPT2_PATTERN
+from grader.testing import (CheckFailure, GPT2_PATTERN, describe, expect_own_code_without_banned_apis,
+                            expect_raises)
 from tokenizer_checks import (expect_ranks, full_size, mistaken_train, tie_variants,  # this folder's helpers
                               train_mistakes)
 
@@ -182,7 +182,6 @@ def test_train_rejects_small_vocab(student):
 @pytest.mark.points(2)
 def test_no_banned_apis(student, submission_dir, reference):
     """tokenizer.py and its helper modules call none of the banned APIs (tiktoken...)"""
-    from grader.banned import expect_own_code_without_banned_apis
 
     expect_own_code_without_banned_apis(
         [lambda: student.tokenizer.train_bpe("ab", 257),

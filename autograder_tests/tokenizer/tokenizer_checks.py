@@ -9,9 +9,7 @@ from collections import Counter
 
 import regex
 
-from grader.checks import CheckFailure, describe
-from grader.gpt2 import GPT2_PATTERN
-from grader.hints import add_hint
+from grader.testing import CheckFailure, GPT2_PATTERN, add_hint, describe
 
 # A trainer that does not stop when no pair is left calls max() on an empty dict of pair counts.
 # Python 3.11 and 3.12+ word the message differently.

@@ -13,7 +13,7 @@ import math
 import pytest
 import torch
 
-from grader.checks import CheckFailure, expect_close, expect_equal, expect_scalar
+from grader.testing import CheckFailure, expect_close, expect_equal, expect_scalar, expect_sequence
 from training_checks import batch_variants, local_model, remote_model, split
 from training_upstream import group_names
 
@@ -24,8 +24,7 @@ def check_batch(student, reference, data, batch_size, block_size, seed, device, 
     got = student.training.get_batch(data, batch_size, block_size, gen, device=device)
     expected_gen = torch.Generator().manual_seed(seed)
     expected = reference.get_batch(data, batch_size, block_size, expected_gen, device=device)
-    if not (isinstance(got, (tuple, list)) and len(got) == 2):
-        raise CheckFailure(f"{what}: expected a tuple (x, y), got {type(got).__name__}")
+    expect_sequence(got, ("x", "y"), what=what)
     variants = batch_variants(data.cpu(), batch_size, block_size, seed)
     for i, name in enumerate(("x", "y")):
         mistakes = {d: (lambda make=make, i=i: make()[i].to(device)) for d, make in variants.items()}

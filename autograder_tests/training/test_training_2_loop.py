@@ -15,8 +15,8 @@ import contextlib
 import pytest
 import torch
 
-from grader.checks import CheckFailure, expect_close, expect_equal, expect_scalar, reduction_atol, tolerance
-from grader.remote import StudentCodeError, backward
+from grader.testing import (CheckFailure, StudentCodeError, backward, expect_close, expect_equal,
+                            expect_scalar, expect_type, reduction_atol, tolerance)
 from training_checks import (EXACT_CONFIG, SMALL, config_for, expect_rel_close, flat, local_model,
                              remote_model, split, unclipped, variant_train)
 from training_upstream import BATCH_TEST, REFERENCE, Parts, expect_either, read_checkpoint, read_parts
@@ -41,9 +41,7 @@ def student_run(student, device, config, seed=0, record_steps=0, parts: Parts = 
         if not parts.notes:
             raise
         raise parts.annotate(exc) from None
-    if not isinstance(result, dict):
-        raise CheckFailure(f"train(...) should return a dict, got {type(result).__name__}")
-    return result, model
+    return expect_type(result, dict, what="train(...)"), model
 
 
 def upstream(student, reference, device, config, seed=0, **which) -> Parts:

@@ -21,9 +21,7 @@ import time
 import pytest
 import torch
 
-from grader.checks import CheckFailure
-from grader.remote import StudentCodeError
-from grader.worker import fixtures
+from grader.testing import CheckFailure, StudentCodeError, build_fixture
 from training_checks import batch_variants, split
 from training_upstream import BATCH_TEST, GROUPS_TEST, LR_TEST, Parts, read_groups
 
@@ -48,7 +46,7 @@ BUDGETS = {
 def validation_loss(state: dict, model_kwargs: dict, device: str) -> float:
     """The grader's own measurement: mean next-character loss over every full window of the
     hidden validation play, float32, in eval mode."""
-    model = fixtures.build("TinyGPT", [], dict(model_kwargs, device=device))
+    model = build_fixture("TinyGPT", [], dict(model_kwargs, device=device))
     model.load_state_dict({k: v.to(device=device, dtype=torch.float32) for k, v in state.items()})
     val = split("val")
     block = model_kwargs["block_size"]
@@ -70,7 +68,7 @@ def reference_loss(reference, device: str) -> float:
     if budget["reference_loss"] is not None:
         return budget["reference_loss"]
     if device not in _reference_cache:
-        model = fixtures.build("TinyGPT", [], dict(budget["model"], device=device))
+        model = build_fixture("TinyGPT", [], dict(budget["model"], device=device))
         reference.train(model, split("train"), split("val"), reference.TrainConfig(device=device, **budget["config"]))
         _reference_cache[device] = validation_loss(model.state_dict(), budget["model"], device)
     return _reference_cache[device]

@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grader.checks import CheckFailure, expect_close, expect_equal, expect_scalar
-from grader.remote import StudentCodeError
+from grader.testing import (CheckFailure, StudentCodeError, expect_close, expect_equal, expect_scalar,
+                            expect_type)
 from training_checks import SMALL, config_for, flat, remote_model, split
 
 DEFAULTS = dict(batch_size=32, block_size=64, max_steps=1000, grad_accum_steps=1, max_lr=1e-3, min_lr=1e-4,
@@ -155,8 +155,7 @@ def test_train_checkpoint_schedule(student, device):
               "resume from the checkpoint saved at the end (step 5): nothing is left to do")]
     for label, changes, steps, count, why in calls:
         result = run(label, seed=1, **changes)
-        if not isinstance(result, dict):
-            raise CheckFailure(f"{what} {label}: train should return a dict, got {type(result).__name__}")
+        expect_type(result, dict, what=f"{what} {label}: train(...)")
         got = (result.get("steps"), len(result.get("train_loss") or []))
         if got != (steps, count):
             raise CheckFailure(f"{what} {label}: expected result['steps'] = {steps} and {count} train losses "

@@ -18,9 +18,7 @@ from pathlib import Path
 
 import torch
 
-from grader.checks import CheckFailure
-from grader.stages import project_root
-from grader.worker import fixtures
+from grader.testing import CheckFailure, build_fixture, project_root
 from training_upstream import REFERENCE, Parts, build_optimizer
 
 HERE = Path(__file__).parent
@@ -87,7 +85,7 @@ def config_for(device: str, **changes) -> dict:
 
 
 def local_model(device: str, seed: int = 0, **changes):
-    return fixtures.build("TinyGPT", [], dict(SMALL, seed=seed, device=device, **changes))
+    return build_fixture("TinyGPT", [], dict(SMALL, seed=seed, device=device, **changes))
 
 
 def remote_model(student, device: str, seed: int = 0, **changes):

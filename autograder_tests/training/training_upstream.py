@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from grader.checks import CheckFailure
-from grader.remote import StudentCodeError
+from grader.testing import CheckFailure, StudentCodeError, backward, build_fixture
 
 LR_TEST = "lr_at: warm-up, peak, cosine decay, and min_lr after max_steps"
 BATCH_TEST = "get_batch(data = 100..129, batch_size=4, block_size=5): x, y (4, 5) int64"
@@ -168,8 +167,7 @@ def group_names(groups, model) -> list[list[str]]:
 
 
 def read_groups(student, reference, device: str, c: dict, model_kwargs: dict, parts: Parts) -> None:
-    from grader.worker import fixtures
-    local = fixtures.build("TinyGPT", [], dict(model_kwargs, device=device))
+    local = build_fixture("TinyGPT", [], dict(model_kwargs, device=device))
     try:
         remote = student.fixture("TinyGPT", device=device, **model_kwargs)
         optimizer = student.training.configure_optimizer(remote, c["max_lr"], c["weight_decay"])
@@ -210,7 +208,6 @@ def build_optimizer(model, groups: list[dict], lr: float) -> torch.optim.Optimiz
 
 def read_checkpoint(student, device: str, c: dict, model_kwargs: dict, parts: Parts) -> None:
     """Does the student's save/load round trip restore AdamW's state and return the step?"""
-    from grader.remote import backward
     from training_checks import split
     try:
         model = student.fixture("TinyGPT", device=device, **model_kwargs)

@@ -7,9 +7,8 @@ written as what it would produce for the same inputs (transformer_checks.py).
 import pytest
 import torch
 
-from grader.checks import CheckFailure, expect_close, expect_equal
-from grader.remote import backward
-from transformer_checks import build_reference, layer_norm, randn, student_like
+from grader.testing import CheckFailure, backward, expect_close, expect_equal, randn
+from transformer_checks import build_reference, layer_norm, student_like
 from transformer_parts import ln_atol, ln_mistakes
 
 # The handout's worked example (section 1): a row with mean 5 and variance 4, a row whose

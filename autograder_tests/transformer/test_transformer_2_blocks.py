@@ -8,10 +8,9 @@ copy of that reference (see transformer_checks.py for the known mistakes).
 import pytest
 import torch
 
-from grader.checks import CheckFailure, expect_close, tensor_mismatch
-from grader.remote import backward
+from grader.testing import CheckFailure, backward, expect_close, expect_tensor, randn, tensor_mismatch
 from transformer_checks import (ACTIVATIONS, D_MODEL, HEADS, block_mistakes, build_reference, expect_keys,
-                                expect_param_grads, ffn_with, float64_copy, own_width, randn, reference_backward,
+                                expect_param_grads, ffn_with, float64_copy, own_width, reference_backward,
                                 student_like)
 from transformer_parts import (FFN_PARTS, block_grads, block_mistakes_of, check_gelu, compose_block, expect_close_ecf,
                                expect_grads_ecf, once, upstream_notes)
@@ -91,9 +90,7 @@ def test_ffn_dropout(student, reference, device):
     expect_close(second, expected, what="FeedForward(16, dropout=0.5) in eval mode, called a second time")
     module.train()
     out = module(x)
-    if not isinstance(out, torch.Tensor) or out.shape != expected.shape:
-        raise CheckFailure("FeedForward(16, dropout=0.5) in training mode: expected a tensor of shape "
-                           f"{tuple(expected.shape)}")
+    expect_tensor(out, what="FeedForward(16, dropout=0.5) in training mode", shape=expected.shape)
     out, expected = out.double().cpu(), expected.double().cpu()
     zero = out == 0
     share = zero.double().mean().item()

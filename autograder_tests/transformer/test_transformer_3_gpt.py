@@ -9,13 +9,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from grader.banned import expect_own_code_without_banned_apis
-from grader.checks import CheckFailure, expect_close, expect_raises, expect_scalar, reduction_atol
-from grader.remote import backward
+from grader.testing import (CheckFailure, backward, expect_close, expect_own_code_without_banned_apis,
+                            expect_raises, expect_scalar, expect_sequence, randint, randn, reduction_atol)
 from transformer_checks import (BLOCK, D_MODEL, HEADS, LAYERS, VOCAB, build_reference, expect_keys,
                                 float64_copy, gpt_grad_mistakes, gpt_mistakes, key_hints, loss_mistakes,
-                                own_width, plain_tensors, randn, reference_backward, student_like, tied_names,
-                                token_ids)
+                                own_width, plain_tensors, reference_backward, student_like, tied_names)
 from transformer_parts import GPT_PARTS, compose_gpt, expect_close_ecf, expect_grads_ecf, gpt_grads, \
     gpt_mistakes_of, upstream_notes
 
@@ -41,10 +39,7 @@ def expect_logits(got, expected, *, what, student, reference, device, model, idx
 def logits_of(output, what: str, loss_expected: bool = False, check_none: bool = False):
     """(logits, loss) from a GPT forward, after checking it is a pair (and, with check_none, that the
     loss is None: test_gpt_no_targets owns that rule, the other tests do not charge it again)."""
-    if not isinstance(output, tuple) or len(output) != 2:
-        got = f"a tuple of {len(output)}" if isinstance(output, tuple) else f"a {type(output).__name__}"
-        raise CheckFailure(f"{what}: expected a pair (logits, loss), got {got}")
-    logits, loss = output
+    logits, loss = expect_sequence(output, ("logits", "loss"), what=what, types=(tuple,))
     if check_none and not loss_expected and loss is not None:
         raise CheckFailure(f"{what}: the loss must be None when no targets are given")
     return logits, loss
@@ -69,7 +64,7 @@ def test_gpt_state_dict(student, reference, tie_weights):
 def test_gpt_parameters(student, reference):
     """GPT(50, 16, 32, 2, 4) has 27,584 trainable parameters: lm_head has no bias and shares tok_emb's weight"""
     model = student.transformer.GPT(*CONFIG)
-    idx = token_ids((2, 8), seed=40, device="cpu")
+    idx = randint((2, 8), high=VOCAB, seed=40, device="cpu")
     grads = backward(model, idx, idx, output_index=1).param_grads
     expected = dict(reference.GPT(*CONFIG).named_parameters())
     names = tied_names(grads)
@@ -96,7 +91,7 @@ def test_gpt_parameters(student, reference):
 def test_gpt_forward(student, reference, device, T):
     """GPT(50, 16, 32, 2, 4) logits for a (2, {T}) batch, with the reference's weights"""
     model, ref, what = student_gpt(student, reference, device, seed=41)
-    idx = token_ids((2, T), seed=42, device=device)
+    idx = randint((2, T), high=VOCAB, seed=42, device=device)
     ref64 = float64_copy(ref, device)
     with torch.no_grad():
         expected = ref64(idx)[0].float()
@@ -110,8 +105,8 @@ def test_gpt_forward(student, reference, device, T):
 def test_gpt_loss(student, reference, device):
     """GPT's loss is the mean cross-entropy of its logits against the targets"""
     model, ref, what = student_gpt(student, reference, device, seed=43)
-    idx = token_ids((3, BLOCK), seed=44, device=device)
-    targets = token_ids((3, BLOCK), seed=45, device=device)
+    idx = randint((3, BLOCK), high=VOCAB, seed=44, device=device)
+    targets = randint((3, BLOCK), high=VOCAB, seed=45, device=device)
     logits, loss = logits_of(model(idx, targets), f"{what}(idx, targets)", loss_expected=True)
     if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (3, BLOCK, VOCAB):
         with torch.no_grad():
@@ -161,8 +156,8 @@ def expect_own_cross_entropy(student, loss, logits, targets, expected, atol, fai
 def test_gpt_backward(student, reference, device):
     """GPT's gradients of the loss reach every parameter as in the reference (the tied weight gets both uses)"""
     model, ref, what = student_gpt(student, reference, device, seed=46)
-    idx = token_ids((2, 12), seed=47, device=device)
-    targets = token_ids((2, 12), seed=48, device=device)
+    idx = randint((2, 12), high=VOCAB, seed=47, device=device)
+    targets = randint((2, 12), high=VOCAB, seed=48, device=device)
     result = backward(model, idx, targets, output_index=1)
     ref64 = float64_copy(ref, device)
     _, _, expected = reference_backward(ref64, idx, targets, output_index=1)
@@ -202,7 +197,7 @@ def test_gpt_tying(student, reference, device, tie):
                  mistakes={"the weights are not tied (the values were copied once, or not at all): lm_head.weight "
                            "must BE tok_emb.weight (self.lm_head.weight = self.tok_emb.weight)":
                            old_head.to(device)})
-    idx = token_ids((2, 10), seed=51, device=device)
+    idx = randint((2, 10), high=VOCAB, seed=51, device=device)
     with torch.no_grad():
         expected = float64_copy(ref, device)(idx)[0].float()
     logits, _ = logits_of(model(idx), f"{what}(idx)")
@@ -214,8 +209,8 @@ def test_gpt_tying(student, reference, device, tie):
 def test_gpt_untied(student, reference, device):
     """GPT(..., tie_weights=False) keeps a separate lm_head.weight"""
     model, ref, what = student_gpt(student, reference, device, seed=52, tie_weights=False)
-    idx = token_ids((2, 9), seed=53, device=device)
-    targets = token_ids((2, 9), seed=54, device=device)
+    idx = randint((2, 9), high=VOCAB, seed=53, device=device)
+    targets = randint((2, 9), high=VOCAB, seed=54, device=device)
     names = set(backward(model, idx, targets, output_index=1).param_grads)
     if "lm_head.weight" not in names or "tok_emb.weight" not in names:
         raise CheckFailure(f"{what}: lm_head.weight and tok_emb.weight must be two parameters when "
@@ -231,7 +226,7 @@ def test_gpt_untied(student, reference, device):
 def test_gpt_no_targets(student, reference, device):
     """GPT's loss is None when targets are omitted or passed as None"""
     model, ref, what = student_gpt(student, reference, device, seed=61)
-    idx = token_ids((2, 6), seed=62, device=device)
+    idx = randint((2, 6), high=VOCAB, seed=62, device=device)
     for call, output in ((f"{what}(idx)", model(idx)), (f"{what}(idx, None)", model(idx, None)),
                          (f"{what}(idx, targets=None)", model(idx, targets=None))):
         logits_of(output, call, check_none=True)
@@ -251,7 +246,7 @@ def test_gpt_too_long(student):
 def test_gpt_dropout(student, reference, device):
     """GPT(..., dropout=0.5): deterministic and equal to the reference in eval mode"""
     model, ref, what = student_gpt(student, reference, device, seed=55, dropout=0.5)
-    idx = token_ids((2, BLOCK), seed=56, device=device)
+    idx = randint((2, BLOCK), high=VOCAB, seed=56, device=device)
     with torch.no_grad():
         expected = float64_copy(ref, device)(idx)[0].float()
     for attempt in ("", ", called a second time"):
@@ -265,7 +260,7 @@ def test_gpt_embedding_dropout(student, device):
     model = student.transformer.GPT(VOCAB, BLOCK, D_MODEL, 0, HEADS, dropout=0.5)
     model.to(device)
     model.train()
-    idx = token_ids((2, BLOCK), seed=57, device=device)
+    idx = randint((2, BLOCK), high=VOCAB, seed=57, device=device)
     what = f"GPT({VOCAB}, {BLOCK}, {D_MODEL}, 0, {HEADS}, dropout=0.5) in training mode (no blocks)"
     first, _ = logits_of(model(idx), what)
     second, _ = logits_of(model(idx), what)
@@ -278,7 +273,7 @@ def test_gpt_float64(student, reference, device):
     """GPT after .double() computes float64 logits"""
     model, ref, what = student_gpt(student, reference, device, seed=58)
     model.double()
-    idx = token_ids((2, 8), seed=59, device=device)
+    idx = randint((2, 8), high=VOCAB, seed=59, device=device)
     with torch.no_grad():
         expected = float64_copy(ref, device)(idx)[0]
     logits, _ = logits_of(model(idx), f"{what}.double()(idx)")

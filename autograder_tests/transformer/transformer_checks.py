@@ -15,9 +15,7 @@ import copy
 import torch
 from torch.nn import functional as F
 
-from grader.checks import CheckFailure, expect_close
-from grader.hints import add_hint
-from grader.remote import backward
+from grader.testing import CheckFailure, add_hint, backward, expect_close, expect_type
 
 # The hidden tests' GPT: small, so that every call finishes in milliseconds.
 VOCAB, BLOCK, D_MODEL, LAYERS, HEADS = 50, 16, 32, 2, 4
@@ -27,18 +25,6 @@ VOCAB, BLOCK, D_MODEL, LAYERS, HEADS = 50, 16, 32, 2, 4
 add_hint(r"Expected all tensors to be on the same device",
          "a tensor is on another device: a tensor attribute that is not an nn.Parameter (or a buffer) stays "
          "on the CPU when the module is moved with .to(device), and a new tensor needs device=x.device")
-
-
-def randn(*shape, seed: int, device: str = "cpu", dtype=torch.float32, scale: float = 1.0,
-          shift: float = 0.0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    x = shift + scale * torch.randn(*shape, generator=g, dtype=torch.float64)
-    return x.to(device=device, dtype=dtype)
-
-
-def token_ids(shape, seed: int, device: str, vocab: int = VOCAB) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, shape, generator=g).to(device)
 
 
 # ---- building modules -----------------------------------------------------------
@@ -129,8 +115,7 @@ def shape_hint(key: str, expected: tuple, got: tuple) -> str:
 def expect_keys(state: dict, expected: dict, what: str, module=None) -> None:
     """The student's state dict has exactly the reference's keys and shapes (`module`, when given,
     is asked whether a missing key is held as a plain tensor, to say so)."""
-    if not isinstance(state, dict):
-        raise CheckFailure(f"{what}.state_dict(): expected a dict, got a {type(state).__name__}")
+    expect_type(state, dict, what=f"{what}.state_dict()")
     missing, extra = set(expected) - set(state), set(state) - set(expected)
     if missing or extra:
         parts = []

@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from grader.checks import CheckFailure, expect_close, reduction_atol, tensor_mismatch, tolerance
-from grader.remote import backward
+from grader.testing import (CheckFailure, backward, expect_close, randn, reduction_atol, tensor_mismatch,
+                            tolerance)
 from transformer_checks import (ACTIVATIONS, BLOCK_MISTAKES, D_MODEL, GPT_FORWARD_MISTAKES, HEADS, block_with,
-                                build_reference, expect_param_grads, float64_copy, gelu_inputs, layer_norm, randn,
+                                build_reference, expect_param_grads, float64_copy, gelu_inputs, layer_norm,
                                 student_like)
 
 # The feedback names of the tests that own each part (their docstrings, as the student sees them).
