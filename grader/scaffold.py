@@ -68,7 +68,7 @@ HIDDEN_TEST = '''"""Hidden tests of stage `{name}` (handout {order:02d}-{name}.m
 import pytest
 import torch
 
-from grader.checks import expect_close
+from grader.testing import expect_close
 
 
 @pytest.mark.points(2)
@@ -92,7 +92,7 @@ PUBLIC_TEST = '''"""Public tests of stage `{name}`: run them with `llmgrade chec
 import pytest
 import torch
 
-from grader.checks import expect_close
+from grader.testing import expect_close
 
 pytestmark = pytest.mark.stage("{name}")
 

@@ -103,6 +103,7 @@ def graded_page(tmp_path_factory):
     return folder / "out/feedback.html", json.loads((folder / "out/results.json").read_text())
 
 
+@pytest.mark.slow
 def test_grade_writes_the_html_page(graded_page):
     page_path, results = graded_page
     page = page_path.read_text(encoding="utf-8")

@@ -58,6 +58,7 @@ def batch(tmp_path_factory):
     return subs, root / "out", run
 
 
+@pytest.mark.slow
 def test_every_submission_is_one_row(batch):
     subs, out, run = batch
     rows = {row["id"]: row for row in read_csv(out / "gradebook.csv")}
@@ -75,6 +76,7 @@ def test_every_submission_is_one_row(batch):
     assert "5 graded" in run.stdout
 
 
+@pytest.mark.slow
 def test_rerun_skips_what_is_graded_unless_forced(batch):
     """Skipped only when the same content was graded by the same tests: a touched file is skipped,
     a resubmission (changed content) is graded again and the run says why."""
@@ -97,6 +99,7 @@ def test_rerun_skips_what_is_graded_unless_forced(batch):
     assert "1 graded, 4 skipped" in again.stdout and "graded again, the submission changed" in again.stdout
 
 
+@pytest.mark.slow
 def test_shards_merge_into_the_same_gradebook(batch, tmp_path):
     subs, out, _ = batch
     runs = [subprocess.Popen([sys.executable, "-m", "grader", "grade-all", str(subs), "--out",
@@ -224,6 +227,7 @@ def test_the_grading_key_follows_content_tests_and_stages(tmp_path, monkeypatch)
     assert fingerprint.tests_hash([moved]) != before
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_signal_stops_the_batch_at_once_and_keeps_what_finished(tmp_path, signum):
     """kill or Ctrl-C: the grading processes (and their workers) die within seconds, the graded
@@ -266,6 +270,7 @@ def test_a_signal_stops_the_batch_at_once_and_keeps_what_finished(tmp_path, sign
     assert not left, f"the killed grading processes' temporary folders were left: {left}"
 
 
+@pytest.mark.slow
 def test_progress_shows_what_is_in_flight_and_for_how_long(tmp_path):
     """grade_all reports each id as a grading process takes it; the progress column lists the ids
     being graded, longest-running first, with their seconds."""

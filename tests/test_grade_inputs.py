@@ -107,6 +107,7 @@ def test_wrong_signature(make_submission):
     assert failed and all("TypeError" in out and "signature" in out for out in failed.values())
 
 
+@pytest.mark.slow
 def test_hostile_submission_costs_only_the_tests_that_call_it(make_submission):
     source = REFERENCE
     source = replace_function(source, "sample", "def sample(probs, itos, n, generator, max_len=50):\n"
@@ -188,6 +189,7 @@ def test_malformed_zip(tmp_path, name, data, message):
     assert all(message in out for out in failures(results).values())
 
 
+@pytest.mark.slow
 def test_cli_writes_results_and_exits_zero(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "bigram.py").write_text("x = 1\n")
@@ -338,6 +340,7 @@ def test_notebook_error_in_the_feedback_quotes_nothing(make_submission):
     assert all("not valid JSON: line 1, column 1" in out for out in failures(results).values())
 
 
+@pytest.mark.slow
 def test_the_same_submission_gets_the_same_grade_on_every_run(make_submission):
     """The contract's promise of fixed seeds: even a submission that draws from the global
     RNG (a mistake) is graded the same way twice: same scores, same feedback."""
@@ -348,6 +351,7 @@ def test_the_same_submission_gets_the_same_grade_on_every_run(make_submission):
         [(t["name"], t["score"], t["output"]) for t in second["tests"]]
 
 
+@pytest.mark.slow
 def test_an_import_that_hangs_is_tried_once(make_submission):
     """A module whose import never ends costs its call timeout once per grading, not once per test;
     every test of its stage names the module and what happened."""
@@ -364,6 +368,7 @@ def test_an_import_that_hangs_is_tried_once(make_submission):
     assert elapsed < 3.0 * 6, elapsed
 
 
+@pytest.mark.slow
 def test_a_failing_stage_is_named_in_the_stages_that_use_it(make_submission):
     """transformer.py imports attention.py: when attention fails its own tests, each failing
     transformer test says so, so that the student fixes attention, not a correct transformer."""
@@ -382,6 +387,7 @@ def test_a_failing_stage_is_named_in_the_stages_that_use_it(make_submission):
     assert not any("uses your" in out for name, out in failed.items() if name.startswith("attention:"))
 
 
+@pytest.mark.slow
 def test_a_time_budget_stops_starting_tests_and_still_writes_results(make_submission, tmp_path, reference_results):
     """Past --time-budget no test starts: the results are written in time, every test is listed,
     the ones not started say why, and the gradebook's error column counts them."""

@@ -31,6 +31,7 @@ def test_a_notebook_is_a_note_not_an_error(row):
     assert graded.error == "" and graded.notes == "bigram.ipynb: graded its exported cells"
 
 
+@pytest.mark.slow
 def test_a_syntax_error_is_the_error_of_its_own_module(row):
     """The root cause (bigram.py's syntax error), not a later stage's message about it."""
     graded = row({"bigram.py": REFERENCE + "\ndef broken(:\n    pass\n",
@@ -41,6 +42,7 @@ def test_a_syntax_error_is_the_error_of_its_own_module(row):
     assert graded.notes == ""
 
 
+@pytest.mark.slow
 def test_an_import_that_crashes_is_named_and_a_wrong_answer_is_no_error(row):
     crashed = row({"bigram.py": "import os\nos._exit(7)\n"})
     assert crashed.error == ("importing bigram.py exited: the worker process ended with exit code 7 "

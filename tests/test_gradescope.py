@@ -86,6 +86,7 @@ def test_scripts_are_valid_bash(autograder_zip, tmp_path):
         assert check.returncode == 0, check.stderr
 
 
+@pytest.mark.slow
 def test_run_autograder_grades_a_reference_and_a_broken_submission(autograder_zip, tmp_path):
     source = unpack(autograder_zip, tmp_path)
     submission = tmp_path / "submission"
@@ -103,6 +104,7 @@ def test_run_autograder_grades_a_reference_and_a_broken_submission(autograder_zi
     assert "end-of-word token is never counted" in failed, failed
 
 
+@pytest.mark.slow
 def test_run_autograder_keeps_to_its_time_budget(autograder_zip, tmp_path):
     """A submission whose every call spins: no test starts after the budget, a grading that still
     runs at budget + 90 s is stopped, and either way the results are written, saying so."""

@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 from grader import scratch
 from grader.stages import project_root
 from procs import alive, descendants
@@ -60,6 +62,7 @@ def _grade(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     return process, out
 
 
+@pytest.mark.slow
 def test_sigterm_stops_a_grading_keeps_what_finished_and_leaves_nothing(tmp_path):
     """`grade` killed while a student's call spins: it stops within seconds, writes the results
     (the tests left marked as not run), exits 143, and no worker, template or folder outlives it."""
@@ -83,6 +86,7 @@ def test_sigterm_stops_a_grading_keeps_what_finished_and_leaves_nothing(tmp_path
     assert len(below) >= 2 and not [pid for pid in below if alive(pid)], "processes outlived `grade`"
 
 
+@pytest.mark.slow
 def test_a_killed_grading_leaves_its_root_to_the_next_sweep(tmp_path):
     process, _ = _grade(tmp_path)
     try:

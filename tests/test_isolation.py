@@ -350,6 +350,7 @@ session.close()
 """
 
 
+@pytest.mark.slow
 def test_worker_groups_nest_in_the_graders_own_cgroup(make_submission, tmp_path):
     """A job's memory limit (Slurm's cgroup, a container's) holds for its workers: their groups are
     made inside the grading process's own cgroup, not beside it at the hierarchy's top."""

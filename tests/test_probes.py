@@ -15,6 +15,7 @@ from grader.stages import project_root
 PROBED = ["cross_entropy", "embeddings", "tokenizer"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", PROBED)
 def test_functions_that_all_raise_value_error_earn_no_probe_points(make_submission, stage):
     skeleton = (project_root() / "assignments" / f"{stage}.py").read_text()

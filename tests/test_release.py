@@ -115,6 +115,7 @@ def test_the_scan_finds_planted_leaks(tmp_path):
     assert "tests/x.py is there" in found
 
 
+@pytest.mark.slow
 def test_check_runs_the_public_tests_inside_the_bundle(bundle, tmp_path):
     env = in_bundle_env(bundle)
     skeleton = run_grader("check", "bigram", "--path", "assignments", cwd=bundle, env=env)

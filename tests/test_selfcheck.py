@@ -3,7 +3,10 @@
 import subprocess
 import sys
 
+import pytest
 
+
+@pytest.mark.slow
 def test_selfcheck_passes():
     run = subprocess.run([sys.executable, "-m", "grader", "selfcheck", "--device", "cpu"],
                          capture_output=True, text=True, timeout=600)

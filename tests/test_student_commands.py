@@ -83,6 +83,7 @@ def notebook(tmp_path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_check_a_correct_stage_prints_full_marks_and_exits_0(correct):
     result = llmgrade("check", "bigram", "--device", "cpu", cwd=correct)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -90,6 +91,7 @@ def test_check_a_correct_stage_prints_full_marks_and_exits_0(correct):
     assert "All public tests passed" in result.stdout and "✗" not in result.stdout
 
 
+@pytest.mark.slow
 def test_check_a_broken_stage_says_why_once_and_exits_1(broken):
     result = llmgrade("check", "bigram", "--path", str(broken), "--device", "cpu", cwd=broken.parent)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -99,6 +101,7 @@ def test_check_a_broken_stage_says_why_once_and_exits_1(broken):
     assert "Traceback" not in result.stdout and "pytest" not in result.stdout
 
 
+@pytest.mark.slow
 def test_check_the_skeleton_lists_each_failure_in_a_line_or_two(tmp_path):
     (tmp_path / "bigram.py").write_text(BIGRAM.skeleton.read_text())
     result = llmgrade("check", "bigram", "--device", "cpu", cwd=tmp_path)
@@ -108,6 +111,7 @@ def test_check_the_skeleton_lists_each_failure_in_a_line_or_two(tmp_path):
     assert "bigram.nll(...) is not implemented yet" in result.stdout
 
 
+@pytest.mark.slow
 def test_check_grades_a_notebook(notebook):
     result = llmgrade("check", "bigram", "--device", "cpu", cwd=notebook)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -122,6 +126,7 @@ def test_check_bad_arguments_are_one_line(tmp_path, capsys, monkeypatch):
     assert "'nowhere' does not exist" in one_line_error(run("check", "--path", "nowhere"))
 
 
+@pytest.mark.slow
 def test_submit_packs_only_what_is_graded_and_warns_about_missing_stages(correct, tmp_path):
     out = tmp_path / "out" / "submission.zip"
     result = llmgrade("submit", "--out", str(out), cwd=correct)
@@ -132,6 +137,7 @@ def test_submit_packs_only_what_is_graded_and_warns_about_missing_stages(correct
         assert zf.read("bigram.py") == (correct / "bigram.py").read_bytes()
 
 
+@pytest.mark.slow
 def test_submit_refuses_broken_modules_and_writes_nothing(broken):
     result = llmgrade("submit", cwd=broken)
     assert result.returncode == 1
@@ -143,6 +149,7 @@ def test_submit_refuses_broken_modules_and_writes_nothing(broken):
     assert forced.returncode == 0 and (broken / "submission.zip").exists()
 
 
+@pytest.mark.slow
 def test_submit_packs_a_notebook(notebook, tmp_path):
     result = llmgrade("submit", "--path", str(notebook), "--out", str(tmp_path / "nb.zip"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -165,6 +172,7 @@ def test_submit_bad_arguments_are_one_line(tmp_path, correct, capsys, monkeypatc
     assert "--frobnicate" in one_line_error(run("submit", "--frobnicate", cwd=correct))
 
 
+@pytest.mark.slow
 def test_submit_from_the_bundle_root_finds_assignments_and_flags_untouched_skeletons(tmp_path):
     """Run where `check` works (the bundle's root), submit packs `assignments/`; a skeleton that was
     never edited is "not started", a half-done one says how many functions are left, never "ok"."""
