@@ -81,7 +81,7 @@ print("\n".join(failed))
 if failed:
     sys.exit(1)
 from grader.cli import cli
-for command in [None, *sorted(cli.commands)]:
+for command in [None, *cli.list_commands(None)]:
     cli([command, "--help"] if command else ["--help"], standalone_mode=False, prog_name="llmgrade")
 if len(sys.argv) > 1:   # gradebook DIR --out CSV
     sys.argv = ["llmgrade", *sys.argv[1:]]
