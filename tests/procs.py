@@ -30,3 +30,19 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def stop(process, signum: int, within: float = 20.0) -> str:
+    """Send `signum` to a Popen'd `process`, wait for it to end (asserting it does within
+    `within` seconds, output in the message) and return its output; killed if it outlives the test."""
+    import time
+
+    try:
+        process.send_signal(signum)
+        sent = time.monotonic()
+        output = process.communicate(timeout=60)[0]
+        assert time.monotonic() - sent < within, output
+        return output
+    finally:
+        if process.poll() is None:
+            process.kill()
