@@ -11,6 +11,7 @@ that line (LLMGRADE_DEBUG=1 prints it instead).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import pkgutil
@@ -26,15 +27,21 @@ from grader.errors import INTERNAL, GraderError
 NOT_COMMANDS = {"common"}   # modules of grader/commands/ that hold shared code, not a command
 
 
+@functools.cache
+def _command_names() -> list[str]:
+    """The modules of grader/commands/ as command names (read once: --help asks for each command)."""
+    return sorted(info.name.replace("_", "-") for info in pkgutil.iter_modules(commands.__path__)
+                  if info.name not in NOT_COMMANDS)
+
+
 class LazyGroup(click.Group):
     """The commands of grader/commands/: module `grade_all` is command `grade-all`, its `command`."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(info.name.replace("_", "-") for info in pkgutil.iter_modules(commands.__path__)
-                      if info.name not in NOT_COMMANDS)
+        return _command_names()
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in self.list_commands(ctx):
+        if name not in _command_names():
             return None
         module = importlib.import_module(f"grader.commands.{name.replace('-', '_')}")
         return module.command

@@ -170,6 +170,7 @@ class WorkerProcess:
             self.group = cgroups.create(f"worker-{uid if uid is not None else os.getpid()}-{id(self)}",
                                         limit, sandbox.MAX_PROCESSES)
         mounts = None
+        gpu = namespaces.gpu_devices()   # /dev's GPU nodes: bound into the worker's /dev, and no RLIMIT_AS
         if iso.namespaces:
             new_root = work_root / "newroot"   # the mount point of every worker's root, each in its own namespace
             new_root.mkdir(mode=0o700, exist_ok=True)
@@ -179,14 +180,14 @@ class WorkerProcess:
                       and not any(_inside(r, h) or r == h for r in read_only)]
             mounts = asdict(namespaces.MountPlan(
                 new_root=str(new_root), workdir=str(self.workdir), read_only=read_only, masked=masked,
-                devices=namespaces.gpu_devices()))
+                devices=gpu))
         config = sandbox.SandboxConfig(
             workdir=str(self.workdir), submission_dir=str(self.workdir / "submission"),
             output_path=str(self.output_path),
             hidden_digests=[sandbox.path_digest(p) for p in (*options.hidden_paths, str(work_root))],
             memory_limit=options.memory_limit, max_bytes=options.max_bytes, seed=options.seed,
             threads=options.threads, uid=uid, mounts=mounts,
-            limit_address_space=not namespaces.gpu_devices(),
+            limit_address_space=not gpu,
             cgroup_folders=self.group.folders if self.group else [], seccomp=iso.seccomp)
         req_r, self.req_w = os.pipe()
         self.resp_r, resp_w = os.pipe()
