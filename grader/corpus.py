@@ -17,6 +17,10 @@ it is: `BUG: ...` or `STYLE: ...`, and for a bug the hidden tests name,
 one hidden test that fails for it and names it (the fast check). An entry whose
 bug only shows on a GPU (a result left on the CPU) says `REQUIRES: cuda`.
 
+A correct entry gets full marks, unless it breaks a course rule that is not about
+its values (a Python loop over positions is slow): then `LOSES: <test file>::<test>`
+names the tests that charge the rule, and it must lose exactly those.
+
 An upstream difference that later parts must not be charged for again (error
 carried forward) says which tests may charge it: `PART: test_ffn_* test_gelu*`
 (fnmatch patterns over test function names). Such an entry is graded in full,
@@ -57,6 +61,7 @@ _EXPECT = re.compile(r"^\s*EXPECT:\s*(.+?)\s*$", re.MULTILINE)
 _REQUIRES = re.compile(r"^\s*REQUIRES:\s*(.+?)\s*$", re.MULTILINE)
 _PART = re.compile(r"^\s*PART:\s*(.+?)\s*$", re.MULTILINE)
 _CAUGHT_BY = re.compile(r"^\s*CAUGHT_BY:\s*(.+?)\s*$", re.MULTILINE)
+_LOSES = re.compile(r"^\s*LOSES:\s*(.+?)\s*$", re.MULTILINE)
 _BASE = re.compile(r"^\s*BASE:\s*(.+?)\s*$", re.MULTILINE)
 _DIFF_START = re.compile(r"^(--- |diff --git )", re.MULTILINE)
 
@@ -105,6 +110,12 @@ class Entry:
     def caught_by(self) -> str | None:
         """One hidden test that fails for this bug and names it: `test_bigram.py::test_nll_hand`."""
         return self._line(_CAUGHT_BY)
+
+    @property
+    def loses(self) -> set[str]:
+        """Test functions a correct entry must fail by a course rule (`LOSES: test_sdpa.py::test_sdpa_speed`)."""
+        words = (self._line(_LOSES) or "").replace(",", " ").split() if self.kind == "correct" else []
+        return {word.split("::")[-1] for word in words}
 
     @property
     def base(self) -> Path | None:
@@ -244,8 +255,12 @@ def judge(entry: Entry, options: GradeOptions | None = None, *, full: bool = Fal
         return Verdict(entry, score, maximum, False,
                        f"hidden tests crashed (grader errors) in: {', '.join(crashed)}", failing, by_test, first)
     if entry.kind == "correct":
-        ok = maximum > 0 and score == maximum
-        return Verdict(entry, score, maximum, ok, "full marks" if ok else f"lost points:\n{feedback}")
+        lost = {r.function for r in records if r.score < r.max_score}
+        ok = maximum > 0 and lost == entry.loses
+        detail = ("full marks" if not lost else f"lost only {', '.join(sorted(lost))}") if ok else (
+            f"lost points:\n{feedback}" if lost - entry.loses else
+            f"kept the points of {', '.join(sorted(entry.loses - lost))} (its LOSES line)")
+        return Verdict(entry, score, maximum, ok, detail)
     named = expect is None or expect in feedback
     outside = sorted({f for f, _ in failing or () if not entry.in_part(f)})
     ok = score < maximum and named and not outside
@@ -333,7 +348,7 @@ def check(corpus_root: Path, stage_names: list[str] | None = None, *, kind: str 
         if (kind and entry.kind != kind) or (requires and entry.requires != requires) or (
                 caught_by and entry.kind != "buggy"):
             continue
-        if caught_by and entry.requires == "cuda" and not _cuda():
+        if entry.requires == "cuda" and not _cuda():
             print(f"skip {entry.name:48} REQUIRES: cuda", flush=True)
             continue
         judged = judge_caught_by if caught_by else judge

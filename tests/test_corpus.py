@@ -146,3 +146,21 @@ def test_report_why_shows_the_tests_that_do_not_name_the_bug(monkeypatch, tmp_pa
     assert "    test_ffn_gelu" not in out and "x/buggy/other" not in out
     monkeypatch.setattr(corpus, "grade", _fake_grade({"test_ffn_gelu": "tanh GELU"}))
     assert corpus.main([str(tmp_path), "--report", "--entry", "x/bug"]) == 0
+
+
+def test_a_correct_entry_loses_exactly_its_loses_tests(monkeypatch, tmp_path):
+    """A correct style that breaks a course rule (a loop over positions is slow) names the tests that
+    charge it: it must lose those and nothing else; keeping their points is a fault too."""
+    entry_file = tmp_path / "loops.py"
+    entry_file.write_text('"""STYLE: loops\nLOSES: test_x.py::test_gpt_loss\n"""\n')
+    entry = corpus.Entry("x", "correct", entry_file)
+    assert entry.loses == {"test_gpt_loss"}
+    monkeypatch.setattr(corpus, "grade", _fake_grade({"test_gpt_loss": "not vectorised"}))
+    verdict = corpus.judge(entry)
+    assert verdict.ok and verdict.detail == "lost only test_gpt_loss"
+    monkeypatch.setattr(corpus, "grade", _fake_grade({"test_gpt_loss": "slow", "test_ffn_gelu": "values differ"}))
+    assert not corpus.judge(entry).ok
+    monkeypatch.setattr(corpus, "grade", _fake_grade({}))
+    verdict = corpus.judge(entry)
+    assert not verdict.ok and "kept the points of test_gpt_loss" in verdict.detail
+    assert corpus.Entry("x", "buggy", entry_file).loses == set()   # a bug's header never excuses tests

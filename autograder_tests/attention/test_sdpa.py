@@ -255,21 +255,23 @@ def test_sdpa_bfloat16(student, device):
 
 # Timed on the CPU whatever the grading device: single-threaded CPU time (grader/timing.py:
 # other load on the machine does not change it), on a size where the cost of Python loops shows
-# through: a loop over 128 query tokens measured 40-60x the reference, correct styles (einsum, a
-# loop over heads, float64 inside, running sums over the keys) 2-3x. On a GPU the wall clock
-# cannot tell these apart: both are bound by kernel launches (about a thousand each at
-# (8, 8, 256, 64); the correct running sums took 16.5 ms there, 45x the reference, on an H200).
-# On CUDA the result is still checked there, at the contract's size.
+# through. Measured at SPEED_SHAPE (best of 8, ratio to the reference's ~0.3 ms): vectorised
+# styles 0.8-2.1x (compact, own softmax, einsum, float64 inside, broadcast-and-sum, a loop over
+# the 2 heads); Python loops over positions 12x (running sums over the keys) to 30x (a loop over
+# the queries). The limit, 5x, sits about 2.5x from each side; a submission gets up to 12 rounds
+# to come under it, a loop must stay over it in all of them. On a GPU the wall clock cannot tell
+# these apart: both are bound by kernel launches (the running sums took 16.5 ms at (8, 8, 256, 64)
+# on an H200, 45x the reference). On CUDA the result is still checked there, at that size.
 SPEED_SHAPE = (1, 2, 128, 16)
 CHECK_SHAPE = {"cuda": (8, 8, 256, 64), "cpu": SPEED_SHAPE}
-MAX_RATIO = 20.0
+MAX_RATIO = 5.0
 MIN_ROUNDS, MAX_ROUNDS = 3, 12
 
 
 @pytest.mark.points(2)
 @pytest.mark.call_timeout(120)
 def test_sdpa_speed(student, reference, device):
-    """scaled_dot_product_attention is vectorised: within 20x of the reference's time"""
+    """scaled_dot_product_attention is vectorised: within 5x of the reference's CPU time"""
     # Check the result first: a fast wrong answer earns nothing here.
     shape = CHECK_SHAPE[device]
     q, k, v = qkv(shape, shape, shape[-1], seed=22, device=device)

@@ -2,6 +2,10 @@
 the dot products over d, the softmax's max and denominator over the keys, and the weighted sum
 of the values over the keys, each loop vectorised over all the other dims; the causal mask from
 a comparison of aranges; MultiHeadAttention splits heads with unflatten and merges with flatten.
+It proves the tolerances of the value tests (float32 summed in the worst order). Its loops over
+the keys are Python loops over positions, which the course charges (the handout's "Python loops
+over tokens"): about 12x the reference's time, over the speed test's limit.
+LOSES: test_sdpa.py::test_sdpa_speed
 """
 
 import math
