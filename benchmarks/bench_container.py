@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from grader.stages import discover, project_root
+from grader.course.stages import discover, project_root
 from grader.worker.layers import OFF_VARIABLE
 
 CGROUP = Path("/sys/fs/cgroup")

@@ -29,8 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from grader import corpus
-from grader.stages import discover, project_root
+from grader.course import corpus
+from grader.course.stages import discover, project_root
 from grader.worker.layers import OFF_VARIABLE
 
 EXCLUDED = {"training"}   # its budgeted training run has its own benchmark

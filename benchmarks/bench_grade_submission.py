@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from grader.grade import GradeOptions, grade
-from grader.results import stage_scores
-from grader.stages import discover, project_root
+from grader.engine.grade import GradeOptions, grade
+from grader.engine.results import stage_scores
+from grader.course.stages import discover, project_root
 
 EXCLUDED = {"training"}   # its budgeted training run has its own benchmark and target
 

@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from grader.stages import project_root
+from grader.course.stages import project_root
 
 SIZE = 1_000_000
 VOCAB_SIZE = 1000

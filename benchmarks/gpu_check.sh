@@ -49,12 +49,12 @@ corpus_on_cuda() {  # the correct entries, one stage per process in parallel, th
     local dir rc=0 stage
     dir="$(mktemp -d)"
     for stage in $(ls tests/corpus); do
-        "$PY" -m grader.corpus --kind correct --stage "$stage" --device cuda >"$dir/$stage.log" 2>&1 &
+        "$PY" -m grader.course.corpus --kind correct --stage "$stage" --device cuda >"$dir/$stage.log" 2>&1 &
     done
     wait
     for stage in $(ls tests/corpus); do cat "$dir/$stage.log"; done
     grep -qE "^FAIL|Traceback" "$dir"/*.log && rc=1
-    "$PY" -m grader.corpus --requires cuda --device cuda || rc=1
+    "$PY" -m grader.course.corpus --requires cuda --device cuda || rc=1
     return $rc
 }
 
@@ -66,7 +66,7 @@ if [[ $DRY == 1 ]]; then
     # The same commands on the CPU, each at its smallest: proves the script is wired right.
     part doctor    "$LEVEL" "$PY" -m grader doctor
     part selfcheck "$STAGES" "$PY" -m grader selfcheck --stage embeddings --device cpu
-    part corpus    "$BEHAVE" "$PY" -m grader.corpus --kind correct --stage embeddings --device cpu
+    part corpus    "$BEHAVE" "$PY" -m grader.course.corpus --kind correct --stage embeddings --device cpu
     part devices   "$PASSED" "$PY" -m pytest -q -p no:cacheprovider tests/test_checks.py -k "device or tolerance"
     part train     "usage" "$PY" benchmarks/bench_train_gpu.py --help
 else

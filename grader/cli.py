@@ -24,6 +24,8 @@ import click
 from grader import commands
 from grader.errors import INTERNAL, GraderError
 
+# click >= 8.2 shows the help for a bare `llmgrade` by raising this usage error (exit 2).
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 NOT_COMMANDS = {"common"}   # modules of grader/commands/ that hold shared code, not a command
 
 
@@ -52,7 +54,8 @@ class LazyGroup(click.Group):
         try:
             return super().make_context(*args, **kwargs)
         except click.UsageError as exc:
-            exc.ctx = None
+            if not isinstance(exc, _NO_ARGS_IS_HELP):   # `llmgrade` alone: the help, which needs ctx
+                exc.ctx = None
             raise
 
     def invoke(self, ctx: click.Context):

@@ -14,13 +14,13 @@
                      what="my_function(x (4, 6))",
                      mistakes={"the last dimension is not normalised": lambda: x / x.sum(0)})
 
-Everything here is re-exported from the module that defines it (grader.checks,
-grader.remote, grader.timing, grader.banned, ...); test files import from here
+Everything here is re-exported from the module that defines it (grader.engine.checks,
+grader.engine.remote, grader.engine.timing, grader.engine.banned, ...); test files import from here
 only (tests/test_testing_api.py holds them to it). The guide with a worked
 example per check, the fixtures, the markers and how tolerances are derived is
 docs/writing-tests.md.
 
-Fixtures (provided by grader.pytest_plugin; name them as test arguments):
+Fixtures (provided by grader.engine.pytest_plugin; name them as test arguments):
 see `FIXTURES`. Markers: see `MARKERS`.
 
 Seeded tensor makers: `randn`, `randint` and `seeded` draw on the CPU from
@@ -33,32 +33,32 @@ from __future__ import annotations
 
 import torch
 
-from grader.banned import expect_own_code_without_banned_apis
-from grader.checks import (CheckFailure, as_scalar, assert_outside, describe, equality_mismatch, expect_close,
+from grader.engine.banned import expect_own_code_without_banned_apis
+from grader.engine.checks import (CheckFailure, as_scalar, assert_outside, describe, equality_mismatch, expect_close,
                            expect_equal, expect_raises, expect_scalar, expect_sequence, expect_tensor,
                            expect_type, reduction_atol, tensor_mismatch, tolerance, unit_roundoff)
-from grader.gpt2 import GPT2_PATTERN, GPT2_SPECIAL_TOKENS, gpt2_encoding, gpt2_ranks
-from grader.hints import add_hint
-from grader.pytest_plugin import load_reference
-from grader.remote import StudentCodeError, backward
-from grader.stages import project_root
-from grader.timing import cpu_time, run_time, wall_time
+from grader.engine.gpt2 import GPT2_PATTERN, GPT2_SPECIAL_TOKENS, gpt2_encoding, gpt2_ranks
+from grader.engine.hints import add_hint
+from grader.engine.pytest_plugin import load_reference
+from grader.engine.remote import StudentCodeError, backward
+from grader.course.stages import project_root
+from grader.engine.timing import cpu_time, run_time, wall_time
 from grader.worker.fixtures import build as build_fixture
 
 __all__ = [
-    # checks (grader.checks): each raises CheckFailure, whose text is the student's feedback
+    # checks (grader.engine.checks): each raises CheckFailure, whose text is the student's feedback
     "CheckFailure", "expect_close", "expect_equal", "expect_scalar", "expect_raises", "expect_tensor",
     "expect_sequence", "expect_type",
     # the pieces checks are made of
     "tensor_mismatch", "equality_mismatch", "describe", "as_scalar", "tolerance", "reduction_atol",
     "unit_roundoff", "assert_outside",
-    # calling the submission (grader.remote)
+    # calling the submission (grader.engine.remote)
     "StudentCodeError", "backward", "build_fixture",
-    # timing (grader.timing) and the banned-API test (grader.banned)
+    # timing (grader.engine.timing) and the banned-API test (grader.engine.banned)
     "run_time", "wall_time", "cpu_time", "expect_own_code_without_banned_apis",
-    # feedback hints (grader.hints), the reference outside a fixture, the project folder
+    # feedback hints (grader.engine.hints), the reference outside a fixture, the project folder
     "add_hint", "load_reference", "project_root",
-    # the GPT-2 tokenizer data (grader.gpt2)
+    # the GPT-2 tokenizer data (grader.engine.gpt2)
     "GPT2_PATTERN", "GPT2_SPECIAL_TOKENS", "gpt2_encoding", "gpt2_ranks",
     # seeded tensor makers (here)
     "randn", "randint", "seeded",

@@ -1,10 +1,10 @@
-"""Banned APIs: found in the source (grader/banned.py) and trapped in the worker (worker/traps.py)."""
+"""Banned APIs: found in the source (grader/engine/banned.py) and trapped in the worker (worker/traps.py)."""
 
 import pytest
 
-from grader.banned import expect_no_banned_apis, find_banned_apis
-from grader.checks import CheckFailure
-from grader.remote import RemoteSubmission, StudentCodeError
+from grader.engine.banned import expect_no_banned_apis, find_banned_apis
+from grader.engine.checks import CheckFailure
+from grader.engine.remote import RemoteSubmission, StudentCodeError
 
 BANNED = ("torch.nn.functional.softmax", "torch.nn.functional.log_softmax", "torch.softmax",
           "torch.Tensor.softmax", "torch.Tensor.log_softmax", "torch.logsumexp",
@@ -199,7 +199,7 @@ def test_worker_refuses_the_operators_behind_banned_apis(make_submission, sessio
     """torch._softmax, torch.ops.aten..., torch._C._nn...: the same computation is refused by its operator."""
     import torch
 
-    from grader.banned import stage_banned_apis
+    from grader.engine.banned import stage_banned_apis
 
     routes = PRIVATE_ROUTES[stage]
     source = "import torch\n\n" + "".join(f"def route{i}(x):\n    return {code}\n\n"
@@ -223,8 +223,8 @@ def test_refused_operators_leave_allowed_ones_and_gradients_alone(make_submissio
     do backward kernels of refused operators (the gradient of an allowed one may use them)."""
     import torch
 
-    from grader.banned import stage_banned_apis
-    from grader.remote import backward
+    from grader.engine.banned import stage_banned_apis
+    from grader.engine.remote import backward
 
     source = '''
 import torch
@@ -315,8 +315,8 @@ def test_operators_are_what_the_public_calls_run():
     (the profiler records composite operators too), and every torch API a stage bans has an entry."""
     import torch
 
-    from grader.banned import stage_banned_apis
-    from grader.stages import discover
+    from grader.engine.banned import stage_banned_apis
+    from grader.course.stages import discover
     from grader.worker import traps
 
     calls = _public_calls()
@@ -352,7 +352,7 @@ def test_banned_points_need_own_code_not_working_code(tmp_path):
     """The banned-API test pays for code of the student's own that calls no banned API: one call
     that returns anything earns it (its value is not judged), raising of any kind does not, a
     banned call caught at run time loses it."""
-    from grader.banned import expect_own_code_without_banned_apis
+    from grader.engine.banned import expect_own_code_without_banned_apis
 
     (tmp_path / "stage.py").write_text("import torch\n\ndef f(x):\n    return x[99]\n")
     expect_own_code_without_banned_apis([_raises("NotImplementedError"), lambda: "a wrong value"],

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from grader.checks import (CheckFailure, expect_close, expect_equal, expect_raises, expect_scalar,
+from grader.engine.checks import (CheckFailure, expect_close, expect_equal, expect_raises, expect_scalar,
                            tensor_mismatch, tolerance)
-from grader.remote import StudentCodeError
+from grader.engine.remote import StudentCodeError
 from grader.worker.client import StudentException
 
 
@@ -100,7 +100,7 @@ def _float32_running_sum(values) -> float:
 @pytest.mark.parametrize("order", ["given", "ascending", "descending"])
 def test_reduction_atol_covers_a_float32_running_mean_in_any_order(order):
     """The makemore-style loop: 29k float32 log-probabilities added one by one, then averaged."""
-    from grader.checks import reduction_atol
+    from grader.engine.checks import reduction_atol
     rng = np.random.default_rng(0)
     terms = -np.log(rng.uniform(0.01, 0.5, size=29_000)).astype(np.float32)
     if order != "given":
@@ -115,7 +115,7 @@ def test_reduction_atol_covers_a_float32_running_mean_in_any_order(order):
 
 
 def test_reduction_atol_grows_with_terms_and_never_undercuts_one_term():
-    from grader.checks import reduction_atol, unit_roundoff
+    from grader.engine.checks import reduction_atol, unit_roundoff
     assert reduction_atol(1, 1.0) >= 4 * unit_roundoff()
     assert reduction_atol(10_000, 1.0) > reduction_atol(100, 1.0)
     assert reduction_atol(100, 1.0, dtype=torch.float64) < reduction_atol(100, 1.0) * 1e-8
@@ -123,7 +123,7 @@ def test_reduction_atol_grows_with_terms_and_never_undercuts_one_term():
 
 
 def test_assert_outside_refuses_a_tolerance_that_swallows_a_named_mistake():
-    from grader.checks import assert_outside
+    from grader.engine.checks import assert_outside
     expected = torch.ones(3)
     mistakes = {"off by 1e-3": expected + 1e-3, "cannot arise here": lambda: 1 / 0}
     assert_outside(expected, mistakes, atol=1e-4, rtol=0)          # the mistake stays outside

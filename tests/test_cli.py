@@ -45,6 +45,17 @@ def test_bad_usage_exits_2_in_one_line():
     assert len(run.stderr.strip().splitlines()) == 1, run.stderr   # the contract: one line, no usage block
 
 
+def test_llmgrade_alone_shows_the_help(monkeypatch, capsys):
+    """A bare `llmgrade` lists the commands (click's no-args help, exit 2), not an internal error."""
+    from grader.cli import main
+    monkeypatch.setattr(sys, "argv", ["llmgrade"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    out = capsys.readouterr()
+    assert exit_.value.code in (0, errors.USAGE)
+    assert "Commands:" in out.out + out.err and "Internal error" not in out.err
+
+
 def test_an_internal_error_exits_3_with_its_traceback_in_a_file(monkeypatch, capsys):
     from grader.cli import main
     from grader.commands import doctor

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from grader.results import validate
-from grader.stages import project_root
+from grader.engine.results import validate
+from grader.course.stages import project_root
 
 BENCH = project_root() / "benchmarks" / "bench_container.py"
 

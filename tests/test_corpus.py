@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from grader import corpus, corpus_convert
-from grader.grade import GradeOptions
+from grader.course import corpus, corpus_convert
+from grader.engine.grade import GradeOptions
 
 CORPUS = Path(__file__).parent / "corpus"
 ENTRIES = corpus.entries(CORPUS)
@@ -88,7 +88,7 @@ def test_an_entry_whose_hidden_tests_crash_is_not_proved(monkeypatch, tmp_path):
 
 def _fake_grade(failing: dict[str, str]):
     """A grade() that runs three tests; `failing` maps a test function to its feedback."""
-    from grader.pytest_plugin import TestRecord
+    from grader.engine.pytest_plugin import TestRecord
 
     def grade(path, options):
         tests = []

@@ -3,7 +3,7 @@
 import hashlib
 import re
 
-from grader.stages import project_root
+from grader.course.stages import project_root
 
 ROOT = project_root()
 NAMES = ROOT / "datasets" / "names.txt"

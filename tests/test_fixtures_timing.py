@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from grader.remote import RemoteSubmission, StudentCodeError
-from grader.timing import cpu_time, run_time, wall_time
+from grader.engine.remote import RemoteSubmission, StudentCodeError
+from grader.engine.timing import cpu_time, run_time, wall_time
 from grader.worker import fixtures
 
 MODULE = '''

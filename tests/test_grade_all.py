@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from grader.grade_all import find_submissions, parse_shard, take_shard
-from grader import corpus
-from grader.stages import project_root
+from grader.workflows.grade_all import find_submissions, parse_shard, take_shard
+from grader.course import corpus
+from grader.course.stages import project_root
 from procs import stop
 
 ROOT = project_root()
@@ -197,7 +197,9 @@ def test_the_grading_key_follows_content_tests_and_stages(tmp_path, monkeypatch)
     file or a stage not graded before each make a results.json stale, with its reason."""
     import time as clock
 
-    from grader import fingerprint, stages
+    from grader.engine import fingerprint
+
+    from grader.course import stages
 
     one, two = tmp_path / "one.zip", tmp_path / "two.zip"
     for path in (one, two):
@@ -273,7 +275,7 @@ def test_progress_shows_what_is_in_flight_and_for_how_long(tmp_path):
     """grade_all reports each id as a grading process takes it; the progress column lists the ids
     being graded, longest-running first, with their seconds."""
     from grader.commands.grade_all import InFlightColumn
-    from grader.grade_all import BatchOptions, grade_all as run_batch
+    from grader.workflows.grade_all import BatchOptions, grade_all as run_batch
 
     (tmp_path / "subs" / "ada").mkdir(parents=True)
     shutil.copy(ROOT / "solutions/bigram.py", tmp_path / "subs/ada/bigram.py")

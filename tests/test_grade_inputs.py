@@ -12,10 +12,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from grader import corpus
-from grader import results as gradescope
-from grader.grade import GradeOptions, grade
-from grader.stages import project_root
+from grader.course import corpus
+from grader.engine import results
+from grader.engine.grade import GradeOptions, grade
+from grader.course.stages import project_root
 
 REFERENCE = (project_root() / "solutions" / "bigram.py").read_text()
 FAST = GradeOptions(stage_names=["bigram"], device="cpu", call_timeout=3.0)
@@ -23,7 +23,7 @@ FAST = GradeOptions(stage_names=["bigram"], device="cpu", call_timeout=3.0)
 
 def graded(path, options=FAST):
     results = grade(path, options)
-    gradescope.validate(results)
+    results.validate(results)
     return results
 
 
@@ -198,7 +198,7 @@ def test_cli_writes_results_and_exits_zero(tmp_path):
                           "--out", str(out), "--device", "cpu"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     results = json.loads(out.read_text())
-    gradescope.validate(results)
+    results.validate(results)
     assert results["score"] == 0 and "defines no 'build_vocab'" in run.stdout
 
 
@@ -237,10 +237,10 @@ CANARY = "CANARY-7f3a-secret-line"
 
 
 def load_only(path, tmp_path, modules=("bigram",)):
-    """submission.load without grading: the problems and notes a submission's files give."""
-    from grader import submission
+    """submissions.load without grading: the problems and notes a submission's files give."""
+    from grader.engine import submissions
 
-    return submission.load(path, list(modules), tmp_path / "loaded" / "submission")
+    return submissions.load(path, list(modules), tmp_path / "loaded" / "submission")
 
 
 def all_messages(results) -> str:
@@ -391,7 +391,7 @@ def test_a_failing_stage_is_named_in_the_stages_that_use_it(make_submission):
 def test_a_time_budget_stops_starting_tests_and_still_writes_results(make_submission, tmp_path, reference_results):
     """Past --time-budget no test starts: the results are written in time, every test is listed,
     the ones not started say why, and the gradebook's error column counts them."""
-    from grader import gradebook
+    from grader.workflows import gradebook
 
     spinning = replace_function(REFERENCE, "build_vocab", "def build_vocab(words):\n    while True:\n        pass\n")
     out = tmp_path / "sid" / "results.json"
@@ -400,7 +400,7 @@ def test_a_time_budget_stops_starting_tests_and_still_writes_results(make_submis
                           "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     results = json.loads(out.read_text())
-    gradescope.validate(results)
+    results.validate(results)
     assert len(results["tests"]) == len(reference_results["tests"])   # every test is listed
     not_started = [t for t in results["tests"] if t["output"].startswith("not graded: the grading run's time budget")]
     assert 0 < len(not_started) < len(results["tests"]) and results["score"] == 0

@@ -5,9 +5,11 @@ import json
 
 import pytest
 
-from grader import corpus, gradebook, notebook_build, stages
-from grader.grade import GradeOptions, grade
-from grader.results import write
+from grader.course import corpus, notebook_build, stages
+
+from grader.workflows import gradebook
+from grader.engine.grade import GradeOptions, grade
+from grader.engine.results import write
 
 ROOT = stages.project_root()
 REFERENCE = (ROOT / "solutions" / "bigram.py").read_text()

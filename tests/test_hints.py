@@ -2,8 +2,8 @@
 
 import importlib.util
 
-from grader.hints import hint_for
-from grader.remote import StudentCodeError
+from grader.engine.hints import hint_for
+from grader.engine.remote import StudentCodeError
 from grader.worker.client import StudentException
 
 TRACE = ('  File "tokenizer.py", line 30, in train_bpe\n    pair = best_pair(stats)\n'
@@ -45,7 +45,7 @@ def test_a_stage_hint_applies_only_to_its_stage(tmp_path):
     suite = tmp_path / "autograder_tests" / "toystage"
     suite.mkdir(parents=True)
     (suite / "toy_checks.py").write_text(
-        "from grader.hints import add_hint\n"
+        "from grader.engine.hints import add_hint\n"
         "add_hint(r'toy pattern \\d+', 'the toy hint', type_name='ValueError')\n")
     spec = importlib.util.spec_from_file_location("toy_checks", suite / "toy_checks.py")
     spec.loader.exec_module(importlib.util.module_from_spec(spec))

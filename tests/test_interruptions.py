@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from grader import scratch
-from grader.stages import project_root
+from grader.course.stages import project_root
 from procs import alive, descendants, stop
 
 ROOT = project_root()

@@ -153,7 +153,7 @@ def test_full_worker_has_its_own_uid_and_pid_namespace(full):
 
 def test_full_worker_sees_an_allow_list_of_files(full, tmp_path):
     import grader
-    from grader.stages import project_root
+    from grader.course.stages import project_root
 
     paths = [str(project_root() / "solutions"), str(project_root() / "autograder_tests"), str(tmp_path),
              "/var", os.path.dirname(grader.__file__), os.path.dirname(os.__file__)]
@@ -278,7 +278,7 @@ def test_strict_refuses_without_namespaces(monkeypatch, tmp_path):
 
 
 def test_results_that_cannot_be_written_go_elsewhere_and_say_where(tmp_path):
-    from grader.results import ResultsNotWritten, write
+    from grader.engine.results import ResultsNotWritten, write
 
     blocked = tmp_path / "results.json"
     blocked.mkdir()     # what a hostile worker would leave at the results path
@@ -314,7 +314,7 @@ def test_workers_die_with_their_template(level, request):
 
 def test_timing_measures_the_process_that_runs_the_code(full):
     """In a pid namespace the worker's pid is its supervisor's child: CPU time must be read there."""
-    from grader.timing import _process_cpu_seconds
+    from grader.engine.timing import _process_cpu_seconds
 
     full("ids")
     worker = full.session.ensure_worker()

@@ -5,15 +5,15 @@ import ast
 import nbformat
 import pytest
 
-from grader import notebook_build, stages
-from grader.grade import GradeOptions, grade
-from grader.notebooks import export_module
-from grader.results import stage_scores
+from grader.course import notebook_build, stages
+from grader.engine.grade import GradeOptions, grade
+from grader.engine.notebooks import export_module
+from grader.engine.results import stage_scores
 
 
 def test_committed_notebooks_match_their_skeletons_and_handouts():
     stale = notebook_build.drifted()
-    assert not stale, ("regenerate with `python -m grader.notebook_build --write`: "
+    assert not stale, ("regenerate with `python -m grader.course.notebook_build --write`: "
                        f"{[str(notebook_build.notebook_path(s)) for s in stale]}")
 
 

@@ -5,14 +5,14 @@ import textwrap
 import jsonschema
 import pytest
 
-from grader import results as gradescope
-from grader.grade import _run_pytest
-from grader.pytest_plugin import GradingSession
-from grader.submission import Submission
+from grader.engine import results
+from grader.engine.grade import _run_pytest
+from grader.engine.pytest_plugin import GradingSession
+from grader.engine.submissions import Submission
 
 SUITE = '''
 import pytest
-from grader.checks import expect_close
+from grader.engine.checks import expect_close
 import torch
 
 @pytest.mark.points(2)
@@ -84,12 +84,12 @@ def test_grader_bugs_are_flagged_not_blamed_on_the_student(records):
 
 
 def test_results_follow_gradescope_schema(records):
-    results = gradescope.build(records.values(), stage_order={"demo": 3}, execution_time=1.0, output="x")
+    results = results.build(records.values(), stage_order={"demo": 3}, execution_time=1.0, output="x")
     assert results["score"] == 1 + 1 + 3 + 0.5
     assert [t["number"] for t in results["tests"]][:2] == ["3.1", "3.2"]
     assert all(t["tags"][0] == "demo" for t in results["tests"])
-    assert gradescope.grader_errors(results) == ["demo: a bug in the test itself"]   # tagged, for selfcheck
-    assert gradescope.stage_scores(results) == {"demo": (5.5, 12.0)}
+    assert results.grader_errors(results) == ["demo: a bug in the test itself"]   # tagged, for selfcheck
+    assert results.stage_scores(results) == {"demo": (5.5, 12.0)}
 
 
 @pytest.mark.parametrize("broken", [
@@ -101,13 +101,13 @@ def test_results_follow_gradescope_schema(records):
 ])
 def test_schema_rejects_what_gradescope_would(broken):
     with pytest.raises(jsonschema.ValidationError):
-        gradescope.validate(broken)
+        results.validate(broken)
 
 
 def test_selfcheck_verdicts_fail_a_stage_whose_hidden_test_crashed(records):
     from grader.commands.selfcheck import verdicts
 
-    full = gradescope.build(records.values(), stage_order={"demo": 1}, execution_time=1.0, output="")
+    full = results.build(records.values(), stage_order={"demo": 1}, execution_time=1.0, output="")
     full["tests"] = [dict(t, score=t["max_score"]) for t in full["tests"]]   # full marks, yet one test crashed
     zero = dict(full, tests=[dict(t, score=0) for t in full["tests"]])
     (row,) = verdicts(full, zero)

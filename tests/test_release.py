@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from grader.stages import project_root
+from grader.course.stages import project_root
 
 ROOT = project_root()
 FORBIDDEN_DIRS = ("solutions/", "autograder_tests/", "tests/", "benchmarks/", ".ci/")
@@ -93,7 +93,7 @@ def leaks(bundle: Path) -> list[str]:
 
 def test_bundle_has_no_solution_and_no_hidden_test(bundle):
     files = bundle_files(bundle)
-    assert "pyproject.toml" in files and "README.md" in files and "grader/checks.py" in files
+    assert "pyproject.toml" in files and "README.md" in files and "grader/engine/checks.py" in files
     assert "assignments/bigram.py" in files and "assignments/tests/test_bigram.py" in files
     assert "assignments/handouts/02-bigram.md" in files and "datasets/names.txt" in files
     assert len(solution_lines()) > 50 and len(hidden_test_names()) > 50   # the scan has something to find

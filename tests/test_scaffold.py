@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from grader import stages, sync
+from grader.course import stages, sync
 from grader.errors import UsageProblem
-from grader.scaffold import new_stage
+from grader.course.scaffold import new_stage
 
 ROOT = stages.project_root()
 KEEP_OUT = shutil.ignore_patterns(".git", ".venv", ".whl", "__pycache__", "*.egg-info", "corpus", "notebooks")
@@ -48,7 +48,7 @@ def test_a_scaffolded_stage_grades_in_a_fresh_course(course):
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "3 / 3" in checked.stdout and "0 / 3" in checked.stdout
 
-    corpus = subprocess.run([sys.executable, "-m", "grader.corpus", str(course / "tests" / "corpus"),
+    corpus = subprocess.run([sys.executable, "-m", "grader.course.corpus", str(course / "tests" / "corpus"),
                              "--stage", "toy_sum", "--device", "cpu"], capture_output=True, text=True,
                             cwd=course, env={**os.environ, "LLMGRADE_ROOT": str(course)}, timeout=600)
     assert corpus.returncode == 0 and "2/2 entries behave" in corpus.stdout, corpus.stdout + corpus.stderr

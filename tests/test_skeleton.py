@@ -4,12 +4,12 @@ import ast
 
 import pytest
 
-from grader import skeleton, stages
+from grader.course import skeleton, stages
 
 
 def test_committed_skeletons_match_their_references():
     stale = skeleton.drifted()
-    assert not stale, f"regenerate with `python -m grader.skeleton --write`: {[str(s.skeleton) for s in stale]}"
+    assert not stale, f"regenerate with `python -m grader.course.skeleton --write`: {[str(s.skeleton) for s in stale]}"
 
 
 @pytest.mark.parametrize("stage", stages.discover(), ids=lambda s: s.name)

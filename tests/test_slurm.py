@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from grader import corpus
-from grader.stages import project_root
+from grader.course import corpus
+from grader.course.stages import project_root
 from slurm_cluster import SlurmCluster, missing_reason
 
 ROOT = project_root()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from grader import notebook_build, stages
+from grader.course import notebook_build, stages
 
 ROOT = Path(__file__).resolve().parent.parent
 BIGRAM = stages.select(["bigram"], ROOT)[0]

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from grader.remote import RemoteSubmission
+from grader.engine.remote import RemoteSubmission
 from grader.worker import fixtures
 
 KWARGS = dict(vocab_size=13, block_size=6, d_model=8, n_layers=2, n_heads=2)

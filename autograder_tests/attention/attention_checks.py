@@ -107,7 +107,7 @@ def sum_atol(v: torch.Tensor, n_keys: int, index: int) -> float:
     """atol for attention's sums over the keys, accumulated in v's dtype in any order (a loop of
     running sums included): the denominators (weights, index 1: terms summing to 1) and the
     weighted sums of the values (output, index 0: Σ|w_j v_j| <= max|v|), by
-    grader.checks.reduction_atol, or the elementwise tolerance when larger.
+    grader.engine.checks.reduction_atol, or the elementwise tolerance when larger.
 
     The numbers: float32, Tk <= 8 keys here gives at most 12 * 6e-8 * 4 = 3e-6, under the
     elementwise 1e-5, and 128 keys (the speed test) 3e-5; the nearest named mistake (the scale

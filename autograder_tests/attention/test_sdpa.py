@@ -253,7 +253,7 @@ def test_sdpa_bfloat16(student, device):
 
 # ---- efficiency -------------------------------------------------------------------------
 
-# Timed on the CPU whatever the grading device: single-threaded CPU time (grader/timing.py:
+# Timed on the CPU whatever the grading device: single-threaded CPU time (grader/engine/timing.py:
 # other load on the machine does not change it), on a size where the cost of Python loops shows
 # through. Measured at SPEED_SHAPE (best of 8, ratio to the reference's ~0.3 ms): vectorised
 # styles 0.8-2.1x (compact, own softmax, einsum, float64 inside, broadcast-and-sum, a loop over

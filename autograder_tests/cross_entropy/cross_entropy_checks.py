@@ -1,6 +1,6 @@
 """Checks shared by the cross_entropy suite's test files (importable by name while grading).
 
-Tolerances of reductions (`lse_atol`, `loss_atol`) come from grader.checks.reduction_atol:
+Tolerances of reductions (`lse_atol`, `loss_atol`) come from grader.engine.checks.reduction_atol:
 a float32 sum of n terms, accumulated in ANY order (a Python running sum, a loop over the
 classes, .sum(), float64), is within γ_{n+4}·Σ|x_i| of the exact sum. They are combined
 with the elementwise tolerance by max, so they only ever widen it.

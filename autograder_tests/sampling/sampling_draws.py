@@ -20,7 +20,7 @@ import torch
 from grader.testing import CheckFailure, StudentCodeError, expect_close, expect_equal, reduction_atol
 
 # A float32 softmax over V tokens is within γ_{V+4} relative of the exact one in any order
-# (its sum S: grader.checks.reduction_atol), so p_i / E_i moves by at most ~2·γ_{V+4}: 1.7e-6
+# (its sum S: grader.engine.checks.reduction_atol), so p_i / E_i moves by at most ~2·γ_{V+4}: 1.7e-6
 # for V = 10 or 11, well under 1e-5; near_tie(V) keeps 1e-5 or that bound, whichever is larger.
 NEAR_TIE = 1e-5
 

@@ -92,7 +92,7 @@ def float32_p_one(logits: torch.Tensor) -> torch.Tensor:
 def cut_bound(V: int) -> float:
     """How far a float32 cumulative sum of V sorted probabilities can be from the exact one, in
     any order: each probability carries its softmax sum's γ_{V+4} relative error and the running
-    sum adds γ_{V+4}·1 (grader.checks.reduction_atol): 2·γ_{V+4}, 1.7e-6 for V = 10, 6.0e-3
+    sum adds γ_{V+4}·1 (grader.engine.checks.reduction_atol): 2·γ_{V+4}, 1.7e-6 for V = 10, 6.0e-3
     for V = 50257."""
     return 2 * reduction_atol(V, 1.0)
 

@@ -71,7 +71,7 @@ def ln_mistakes(x: torch.Tensor, weight=None, bias=None, eps: float = 1e-5) -> d
 
 def ln_atol(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> float:
     """atol for a layer norm of x (..., C) whose mean and variance are sums of C terms accumulated in
-    x's dtype in any order (grader.checks.reduction_atol), or the elementwise one when larger.
+    x's dtype in any order (grader.engine.checks.reduction_atol), or the elementwise one when larger.
 
     An error γ_C·mean|x| in the mean moves each output by that over the standard deviation, and a
     relative error γ_C in the variance moves it by about γ_C·|x_hat|; both are scaled by |weight|.

@@ -15,9 +15,9 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from grader import stages
+from grader.course import stages
 from grader.commands.common import DEVICE, console, known_stages
-from grader.results import stage_scores
+from grader.engine.results import stage_scores
 
 SHORT_LINES = 2   # feedback lines per failed test without --verbose
 
@@ -40,8 +40,8 @@ def command(stage_names: tuple[str, ...], path: Path, device: str, verbose: bool
     Example: llmgrade check bigram --path ~/llm-course
              llmgrade check --debug bigram    (breakpoint() in your bigram.py stops there)
     """
-    from grader.grade import GradeOptions, grade
-    from grader.submit import has_stage_modules
+    from grader.engine.grade import GradeOptions, grade
+    from grader.workflows.submission_zip import has_stage_modules
 
     all_names = [s.name for s in stages.discover()]
     if path.is_dir() and not has_stage_modules(path, all_names) and not any(

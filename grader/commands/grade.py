@@ -34,9 +34,9 @@ def command(submission: Path, stage_names: tuple[str, ...], out: Path, device: s
 
     Example: llmgrade grade submissions/ada.zip --stage bigram --out ada.json --html ada.html
     """
-    from grader.feedback_html import render
-    from grader.grade import GradeOptions, grade
-    from grader.results import ResultsNotWritten, write
+    from grader.workflows.feedback_html import render
+    from grader.engine.grade import GradeOptions, grade
+    from grader.engine.results import ResultsNotWritten, write
 
     hidden = [str(out.resolve().parent)] + ([str(html_out.resolve().parent)] if html_out else [])
     options = GradeOptions(stage_names=list(stage_names), device=device, call_timeout=call_timeout,

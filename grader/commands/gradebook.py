@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from grader import gradebook
+from grader.workflows import gradebook
 from grader.commands.common import console
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from grader import gradescope
+from grader.course import autograder_zip
 from grader.commands.common import console, stage_option
 
 
@@ -31,7 +31,7 @@ def _zip_path(ctx, param, value: Path) -> Path:
 @click.argument("out_zip", metavar="OUT.zip", type=click.Path(dir_okay=False, path_type=Path),
                 callback=_zip_path)
 @stage_option("Grade only this stage (repeatable). Default: every stage.")
-@click.option("--torch-index", default=gradescope.CPU_TORCH_INDEX, show_default=True,
+@click.option("--torch-index", default=autograder_zip.CPU_TORCH_INDEX, show_default=True,
               help="Where setup.sh installs torch from (e.g. https://download.pytorch.org/whl/cu124 "
                    "for CUDA).")
 @click.option("--torch-version", default=None, metavar="VERSION",
@@ -48,10 +48,10 @@ def build(out_zip: Path, stage_names: tuple[str, ...], torch_index: str, torch_v
     if not torch_index.startswith(("https://", "http://", "file://")):
         raise click.BadParameter(f"{torch_index!r} is not a URL", param_hint="--torch-index")
     try:
-        names = gradescope.build(out_zip, stage_names, torch_index=torch_index,
+        names = autograder_zip.build(out_zip, stage_names, torch_index=torch_index,
                                  torch_requirement=f"torch=={torch_version}" if torch_version else None)
-    except gradescope.GradescopeError as exc:
+    except autograder_zip.GradescopeError as exc:
         raise click.ClickException(str(exc)) from None
     console.print(f"autograder written to {out_zip} ({len(names)} files); upload it on Gradescope "
                   "(Configure Autograder, Zip file upload)")
-    console.print(gradescope.container_note(), highlight=False)
+    console.print(autograder_zip.container_note(), highlight=False)

@@ -1,4 +1,4 @@
-"""`llmgrade new-stage NAME`: scaffold every file of a new stage (grader/scaffold.py), then sync."""
+"""`llmgrade new-stage NAME`: scaffold every file of a new stage (grader/course/scaffold.py), then sync."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ def command(name: str, title: str | None) -> None:
 
     Example: llmgrade new-stage rope --title "Rotary position embeddings"
     """
-    from grader.scaffold import new_stage
-    from grader.sync import sync
+    from grader.course.scaffold import new_stage
+    from grader.course.sync import sync
 
     for path in new_stage(name, title=title):
         console.print(f"wrote {path}")

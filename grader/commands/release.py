@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from grader import release
+from grader.course import release
 from grader.commands.common import console, stage_option
 
 

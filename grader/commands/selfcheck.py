@@ -8,9 +8,9 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from grader import stages
+from grader.course import stages
 from grader.commands.common import DEVICE, ISOLATION, console, stage_option
-from grader.results import GRADER_ERROR, grader_errors, stage_scores
+from grader.engine.results import GRADER_ERROR, grader_errors, stage_scores
 
 
 @click.command("selfcheck")
@@ -22,7 +22,7 @@ def command(stage_names: tuple[str, ...], device: str, isolation: str) -> None:
 
     Example: llmgrade selfcheck --stage bigram
     """
-    from grader.grade import GradeOptions, grade
+    from grader.engine.grade import GradeOptions, grade
 
     from grader.commands.doctor import print_isolation
 

@@ -8,7 +8,7 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from grader import stages
+from grader.course import stages
 from grader.commands.common import console
 
 
@@ -29,12 +29,12 @@ def command(path: Path, out: Path, force: bool) -> None:
 
     Example: llmgrade submit --path ~/llm-course --out submission.zip
     """
-    from grader import submit as submitting
+    from grader.workflows import submission_zip
 
     if out.suffix.lower() != ".zip":
         raise click.BadParameter(f"{out} does not end in .zip", param_hint="'--out'")
     names = [s.name for s in stages.discover()]
-    found = submitting.working_copy(path, names)
+    found = submission_zip.working_copy(path, names)
     if found is None:
         raise click.ClickException(
             f"no stage module in {path} (expected {names[0]}.py, {names[1]}.py, ... or their .ipynb); "
@@ -43,7 +43,7 @@ def command(path: Path, out: Path, force: bool) -> None:
         console.print(f"your stage modules are in {escape(str(found))}: checking and packing those")
         path = found
     with console.status("checking your modules (each is imported in a sandbox)..."):
-        report = submitting.validate(path)
+        report = submission_zip.validate(path)
     table = Table("stage", "file", "status", title="llmgrade submit")
     for entry in report.modules:
         status = ("[yellow]missing[/]" if not entry.file else
@@ -65,7 +65,7 @@ def command(path: Path, out: Path, force: bool) -> None:
         raise click.ClickException(f"{len(report.problems)} problem(s) above; nothing was written "
                                    "(fix them, or pass --force to pack anyway)")
     try:
-        written = submitting.pack(report, out)
+        written = submission_zip.pack(report, out)
     except (ValueError, OSError) as exc:
         raise click.ClickException(f"could not write {out}: {exc}") from None
     console.print(f"wrote {escape(str(out))}: {escape(', '.join(written))}", soft_wrap=True)

@@ -1,4 +1,4 @@
-"""`llmgrade sync`: regenerate the skeletons, notebooks and the README's stage table (grader/sync.py)."""
+"""`llmgrade sync`: regenerate the skeletons, notebooks and the README's stage table (grader/course/sync.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def command() -> None:
 
     Example: llmgrade sync
     """
-    from grader.sync import sync
+    from grader.course.sync import sync
 
     changed = sync()
     for path in changed:

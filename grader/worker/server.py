@@ -91,7 +91,7 @@ class Worker:
 
     def op_repeat(self, request: dict) -> None:
         """Call the target `times` times and return nothing: the grader measures the time itself
-        (see grader/timing.py). `threads`: torch's intra-op threads meanwhile (None: as they are)."""
+        (see grader/engine/timing.py). `threads`: torch's intra-op threads meanwhile (None: as they are)."""
         threads, previous = request.get("threads"), torch.get_num_threads()
         if threads:
             torch.set_num_threads(int(threads))

@@ -10,7 +10,7 @@ functions become functions that raise, classes become subclasses whose
 constructor raises (so `class Loss(nn.CrossEntropyLoss)` still imports, and
 fails when used). Installing before the import also catches aliases taken at
 import time (`from torch.nn.functional import softmax as sm`). This runs only
-in the worker; the source check on the grading side is `grader/banned.py`.
+in the worker; the source check on the grading side is `grader/engine/banned.py`.
 """
 
 from __future__ import annotations

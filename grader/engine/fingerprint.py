@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 import grader
-from grader import stages as stages_module
+from grader.course import stages as stages_module
 
 KEY = "llmgrade_key"      # results.json's extra_data entry that records the key
 _SKIPPED_PARTS = {"__pycache__", ".ipynb_checkpoints"}

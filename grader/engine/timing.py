@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import torch
 
-from grader.remote import RemoteObject, _LocalProxy
+from grader.engine.remote import RemoteObject, _LocalProxy
 
 
 def run_time(fn: Any, *args, device: str | torch.device = "cpu", repeat: int = 5, warmup: int = 2,

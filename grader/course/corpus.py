@@ -26,11 +26,11 @@ carried forward) says which tests may charge it: `PART: test_ffn_* test_gelu*`
 (fnmatch patterns over test function names). Such an entry is graded in full,
 and it behaves only if every failing test matches PART and names the bug.
 
-    python -m grader.corpus --report [--stage transformer] [tests/corpus]
-    python -m grader.corpus --report --why --entry 'attention/heads_*'
-    python -m grader.corpus --kind correct --device cuda
-    python -m grader.corpus --caught-by [--stage bigram]
-    python -m grader.corpus --to-patch --entry 'bigram/new_bug'
+    python -m grader.course.corpus --report [--stage transformer] [tests/corpus]
+    python -m grader.course.corpus --report --why --entry 'attention/heads_*'
+    python -m grader.course.corpus --kind correct --device cuda
+    python -m grader.course.corpus --caught-by [--stage bigram]
+    python -m grader.course.corpus --to-patch --entry 'bigram/new_bug'
 
 The first grades every buggy entry in full and prints what each one costs (points,
 failing tests, how many of them name the bug, how many lie outside its PART); the
@@ -51,11 +51,13 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from grader import scratch, stages
-from grader.banned import imported_modules
-from grader.grade import GradeOptions, grade
-from grader.results import grader_errors
-from grader.skeleton import _BEGIN, _END
+from grader import scratch
+
+from grader.course import stages
+from grader.engine.banned import imported_modules
+from grader.engine.grade import GradeOptions, grade
+from grader.engine.results import grader_errors
+from grader.course.skeleton import _BEGIN, _END
 
 _EXPECT = re.compile(r"^\s*EXPECT:\s*(.+?)\s*$", re.MULTILINE)
 _REQUIRES = re.compile(r"^\s*REQUIRES:\s*(.+?)\s*$", re.MULTILINE)
@@ -113,7 +115,7 @@ class Entry:
 
     @property
     def loses(self) -> set[str]:
-        """Test functions a correct entry must fail by a course rule (`LOSES: test_sdpa.py::test_sdpa_speed`)."""
+        """Test functions a correct entry must fail by a course rule (`LOSES: <test file>::<test>`)."""
         words = (self._line(_LOSES) or "").replace(",", " ").split() if self.kind == "correct" else []
         return {word.split("::")[-1] for word in words}
 
@@ -362,7 +364,7 @@ def check(corpus_root: Path, stage_names: list[str] | None = None, *, kind: str 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    parser = argparse.ArgumentParser(prog="python -m grader.corpus", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m grader.course.corpus", description=__doc__.split("\n")[0])
     parser.add_argument("corpus", nargs="?", default="tests/corpus", type=Path)
     parser.add_argument("--report", action="store_true", help="grade every buggy entry in full, print costs")
     parser.add_argument("--stage", action="append", help="only this stage (repeatable)")
@@ -380,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     options = GradeOptions(device=args.device, call_timeout=10.0)
     if args.to_patch:
-        from grader.corpus_convert import convert_all
+        from grader.course.corpus_convert import convert_all
         return convert_all(args.corpus, args.stage, args.entry, options)
     if args.report:
         verdicts = report(args.corpus, args.stage, options, why=args.why, names=args.entry)

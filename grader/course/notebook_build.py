@@ -7,12 +7,12 @@ imports, constants — then one per top-level function or class). The code cells
 go after the handout's "Your task" section (or, without one, before "Common
 mistakes" / "Checking your work", or at the end), followed by one scratch cell
 that is not exported. Joined in order, the exported cells are the skeleton's
-code (grader/notebooks.py), so a notebook is graded exactly as a `.py` would be.
+code (grader/engine/notebooks.py), so a notebook is graded exactly as a `.py` would be.
 
 Built from the SKELETON, never from a solution; committed; a test fails on drift.
 
-    python -m grader.notebook_build          # report drift
-    python -m grader.notebook_build --write  # regenerate assignments/<stage>.ipynb
+    python -m grader.course.notebook_build          # report drift
+    python -m grader.course.notebook_build --write  # regenerate assignments/<stage>.ipynb
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import nbformat
 from nbformat import v4
 
-from grader import stages
+from grader.course import stages
 
 EXPORT = "#| export"
 INTRO = (

@@ -7,7 +7,7 @@ SUBMISSIONS_DIR holds one sub-folder or zip per student, named by student id
 sorted; `--shard I/N` (1-based) takes ids[I-1::N], a deterministic slice.
 
 N grading processes (multiprocessing "spawn": a fresh interpreter, never a fork
-of this one) each grade many submissions in turn with `grader.grade.grade`, so
+of this one) each grade many submissions in turn with `grader.engine.grade.grade`, so
 each pays for Python, torch and its worker template once; every test of every
 submission still runs in a fresh worker forked from that template. A grading
 process that dies or overruns `submission_timeout` is killed with its process
@@ -15,7 +15,7 @@ group and replaced; its submission becomes a results.json with no tests and an
 `extra_data.llmgrade_error`, i.e. one gradebook row with its error, and is graded
 again on the next run. A results.json is skipped (unless `force`) only when it is
 valid, has no such error and records the same grading key: the same submission
-content, hidden tests and grader, and the chosen stages (grader/fingerprint.py);
+content, hidden tests and grader, and the chosen stages (grader/engine/fingerprint.py);
 otherwise the submission is graded again and its Outcome says why.
 """
 
@@ -33,9 +33,10 @@ from pathlib import Path
 from typing import Callable
 
 
-from grader import fingerprint
-from grader import results as gradescope
-from grader import scratch, stages
+from grader.engine import fingerprint
+from grader.engine import results
+from grader import scratch
+from grader.course import stages
 
 ERROR_KEY = "llmgrade_error"          # extra_data key of a submission the batch could not grade
 DEFAULT_SUBMISSION_TIMEOUT = 1800.0   # seconds for one whole submission, the backstop
@@ -124,7 +125,7 @@ def load_results(path: Path) -> dict | None:
 
     try:
         results = json.loads(Path(path).read_text(encoding="utf-8"))
-        gradescope.validate(results)
+        results.validate(results)
         return results
     except (OSError, ValueError, jsonschema.ValidationError):
         return None
@@ -152,18 +153,18 @@ def error_results(message: str, detail: str = "") -> dict:
                "tests": [], "leaderboard": [], "extra_data": {ERROR_KEY: message}}
     if detail:
         results["extra_data"]["llmgrade_traceback"] = detail
-    gradescope.validate(results)
+    results.validate(results)
     return results
 
 
 def write_outputs(out: Path, sid: str, results: dict) -> str:
     """DIR/<id>/results.json and DIR/<id>/feedback.html; '' or what went wrong (and where the
     results went instead), so that a path that cannot be written costs no grade."""
-    from grader.feedback_html import render
+    from grader.workflows.feedback_html import render
 
     folder = Path(out) / sid
     try:
-        gradescope.write(results, folder / "results.json")
+        results.write(results, folder / "results.json")
         (folder / "feedback.html").write_text(render(results, title=f"Feedback for {sid}"), encoding="utf-8")
     except OSError as exc:
         return str(exc)
@@ -187,7 +188,7 @@ def _serve(conn, config: dict) -> None:
     os.dup2(devnull, 2)
     import torch
 
-    from grader.grade import GradeOptions, grade
+    from grader.engine.grade import GradeOptions, grade
 
     torch.set_num_threads(config["threads"])
     options = GradeOptions(stage_names=config["stage_names"], device=config["device"],

@@ -19,7 +19,7 @@ from __future__ import annotations
 import html
 import re
 
-from grader.handout_sections import section_for
+from grader.engine.handout_sections import section_for
 
 CURVE_KEYS = ("train_loss", "val_loss")
 _CURVE_LINE = re.compile(r"\b(train_loss|val_loss)\b[^:=\[\n]*[:=]\s*\[([-+0-9.eE,\s naif]*)\]")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import re
 
-from grader import stages
+from grader.course import stages
 
 _IDENTIFIER = re.compile(r"\b[A-Za-z_][A-Za-z0-9_]*\b")
 _NUMBERED = re.compile(r"^\d+\.")

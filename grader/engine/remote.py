@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from grader.hints import hint_for
+from grader.engine.hints import hint_for
 from grader.worker.client import StudentException, WorkerFailure, WorkerSession
 from grader.worker.codec import Handle
 

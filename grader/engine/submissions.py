@@ -21,7 +21,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from grader.notebooks import NotebookError, export_module, symlink_message
+from grader.engine.notebooks import NotebookError, export_module, symlink_message
 
 MAX_TOTAL_BYTES = 50 * 2**20
 MAX_FILES = 2000

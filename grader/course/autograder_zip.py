@@ -6,7 +6,7 @@ Gradescope unpacks the zip into /autograder/source, runs `setup.sh` there once
 (as root, on its Ubuntu image) and `run_autograder` for every submission. The
 zip holds, at its root:
 
-    setup.sh, run_autograder       from grader/gradescope_files/, options filled in
+    setup.sh, run_autograder       from grader/course/gradescope_files/, options filled in
     pyproject.toml, README.md      so `pip install /autograder/source` works
     grader/                        the framework
     solutions/                     every reference (later stages import earlier ones)
@@ -25,8 +25,8 @@ import zipfile
 from importlib import metadata, resources
 from pathlib import Path
 
-from grader import stages
-from grader.release import DATASET_SCRIPTS, course_files
+from grader.course import stages
+from grader.course.release import DATASET_SCRIPTS, course_files
 
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 SCRIPTS = ("setup.sh", "run_autograder")
@@ -64,7 +64,7 @@ def installed_torch() -> str:
 
 
 def render(name: str, values: dict[str, str]) -> str:
-    text = resources.files("grader").joinpath("gradescope_files").joinpath(name).read_text(encoding="utf-8")
+    text = resources.files("grader.course").joinpath("gradescope_files").joinpath(name).read_text(encoding="utf-8")
     for key, value in values.items():
         text = text.replace(f"@{key}@", value)
     return text

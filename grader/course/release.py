@@ -29,7 +29,7 @@ import re
 import shutil
 from pathlib import Path
 
-from grader import stages
+from grader.course import stages
 
 SKIP_DIRS = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".git"}
 SKIP_SUFFIXES = {".pyc", ".pyo"}

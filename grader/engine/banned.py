@@ -24,8 +24,8 @@ from typing import Any, Iterable
 
 import torch  # noqa: F401 -- the banned names are resolved against it
 
-from grader import stages
-from grader.checks import CheckFailure
+from grader.course import stages
+from grader.engine.checks import CheckFailure
 from grader.worker import traps
 
 MAX_LINES = 6
@@ -259,7 +259,7 @@ def expect_own_code_without_banned_apis(calls: Iterable, root: Path, module: str
     (an alias the source scan misses) fails the test, with the scan's file and line when it
     has them. `names` says what was called, for the feedback ("softmax, log_softmax, ...").
     """
-    from grader.remote import StudentCodeError
+    from grader.engine.remote import StudentCodeError
 
     calls = list(calls)
     implemented = False

@@ -1,4 +1,4 @@
-"""Authoring the corpus: turn a whole-file buggy entry into a patch (python -m grader.corpus --to-patch).
+"""Authoring the corpus: turn a whole-file buggy entry into a patch (python -m grader.course.corpus --to-patch).
 
 Write a new bug as a whole copy of the reference (solutions/<stage>.py without its
 solution markers) with a docstring holding BUG:/EXPECT:/PART:/REQUIRES:, then convert
@@ -16,9 +16,9 @@ import re
 import shutil
 from pathlib import Path
 
-from grader import stages
-from grader.corpus import Entry, entries, judge, reference_files
-from grader.grade import GradeOptions
+from grader.course import stages
+from grader.course.corpus import Entry, entries, judge, reference_files
+from grader.engine.grade import GradeOptions
 
 
 def make_diff(before: dict[str, str], after: dict[str, str], context: int = 3) -> str:

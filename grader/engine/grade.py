@@ -20,10 +20,12 @@ from typing import Callable
 
 import pytest
 
-from grader import results as gradescope
+from grader.engine import results
 from grader.errors import UsageProblem
-from grader import scratch, stages, submission as submissions
-from grader.pytest_plugin import GradingSession, TestRecord, available_devices
+from grader import scratch
+from grader.course import stages
+from grader.engine import submissions
+from grader.engine.pytest_plugin import GradingSession, TestRecord, available_devices
 from grader.worker import identity, layers, namespaces
 from grader.worker.client import WorkerOptions
 from grader.worker.sandbox import DEFAULT_MEMORY_LIMIT
@@ -83,7 +85,7 @@ def grade(path: Path, options: GradeOptions | None = None) -> dict:
         summary = _summary(loaded, session, iso if not options.in_process else None, protected)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return gradescope.build(records, stage_order={s.name: s.order for s in chosen},
+    return results.build(records, stage_order={s.name: s.order for s in chosen},
                             execution_time=time.monotonic() - started, output=summary,
                             leaderboard=session.leaderboard_entries,
                             extra_data=_extra_data(loaded, session, chosen, None if options.in_process else iso))
@@ -113,9 +115,9 @@ def _run_pytest(paths: list[str], session: GradingSession, test_timeout: float, 
     code runs in this process, pytest neither captures nor times out, so breakpoint() stops there."""
     if not paths:
         return
-    ini = resources.files("grader").joinpath("pytest_grading.ini")
+    ini = resources.files("grader.engine").joinpath("pytest_grading.ini")
     args = [*paths, "-c", str(ini), "--rootdir", str(stages.project_root()),
-            "-p", "grader.pytest_plugin", "-p", "no:terminal", "--import-mode=importlib",
+            "-p", "grader.engine.pytest_plugin", "-p", "no:terminal", "--import-mode=importlib",
             f"--timeout={0 if debug else test_timeout:g}", *(["--capture=no"] if debug else [])]
     # A hidden suite's own helper modules (sampling_draws.py next to its tests) are importable
     # by name; --import-mode=importlib would not put the folder on sys.path. Name such helpers

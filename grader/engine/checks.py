@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 import torch
 
-from grader.remote import RemoteObject, StudentCodeError
+from grader.engine.remote import RemoteObject, StudentCodeError
 
 
 class CheckFailure(AssertionError):

@@ -1,9 +1,9 @@
 """`llmgrade new-stage NAME`: every file of a new stage, ready to fill in and already gradable.
 
-    from grader.scaffold import new_stage
+    from grader.course.scaffold import new_stage
     written = new_stage("rope")      # handout, reference, hidden and public tests, corpus folders
 
-A stage is files only (grader/stages.py); this writes them from the templates below:
+A stage is files only (grader/course/stages.py); this writes them from the templates below:
 
     assignments/handouts/NN-NAME.md       the handout (NN: after the last stage)
     solutions/NAME.py                     the reference, one function between solution markers
@@ -11,7 +11,7 @@ A stage is files only (grader/stages.py); this writes them from the templates be
     assignments/tests/test_NAME.py        a public test with the handout's worked example
     tests/corpus/NAME/{buggy,correct}/    a bug (a patch) and a correct style to start the corpus
 
-then `llmgrade sync` (grader/sync.py) generates the skeleton, the notebook and the README's
+then `llmgrade sync` (grader/course/sync.py) generates the skeleton, the notebook and the README's
 stage table. The toy function (a scaled sum) grades as it stands: the reference gets full
 marks, the skeleton none, the buggy entry loses points (tests/test_scaffold.py). Replace it.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from grader import stages
+from grader.course import stages
 from grader.errors import UsageProblem
 
 NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -151,9 +151,9 @@ def new_stage(name: str, root: Path | None = None, title: str | None = None) -> 
 
 
 def _write_bug(name: str, root: Path, values: dict) -> Path:
-    """The first buggy corpus entry: a patch against the marker-free reference (grader/corpus.py)."""
-    from grader.corpus import reference_files
-    from grader.corpus_convert import make_diff
+    """The first buggy corpus entry: a patch against the marker-free reference (grader/course/corpus.py)."""
+    from grader.course.corpus import reference_files
+    from grader.course.corpus_convert import make_diff
 
     reference = reference_files(name, root)
     buggy = {**reference, f"{name}.py": reference[f"{name}.py"].replace("x.sum(dim=-1)", "x.sum(dim=0)")}

@@ -23,7 +23,7 @@ _HANDOUT = re.compile(r"^(\d+)-([a-z_][a-z0-9_]*)\.md$")
 
 
 def project_root() -> Path:
-    return Path(os.environ.get("LLMGRADE_ROOT") or Path(__file__).resolve().parent.parent)
+    return Path(os.environ.get("LLMGRADE_ROOT") or Path(__file__).resolve().parents[2])
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ and becomes, in the skeleton, `raise NotImplementedError` under a TODO line.
 constants that must stay importable). Everything outside the markers is copied
 as it is. The skeletons are committed; a test fails when they drift.
 
-    python -m grader.skeleton          # report drift
-    python -m grader.skeleton --write  # regenerate assignments/<stage>.py
+    python -m grader.course.skeleton          # report drift
+    python -m grader.course.skeleton --write  # regenerate assignments/<stage>.py
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import sys
 
-from grader import stages
+from grader.course import stages
 
 _BEGIN = re.compile(r"^(?P<indent>\s*)# BEGIN SOLUTION(?:\s+stub:\s*(?P<stub>.*))?\s*$")
 _END = re.compile(r"^\s*# END SOLUTION\s*$")

@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:   # the command line reads results without torch (pytest_plugin imports it)
-    from grader.pytest_plugin import TestRecord
+    from grader.engine.pytest_plugin import TestRecord
 
 
 GRADER_ERROR = "grader-error"   # the tag of a test the grader itself failed to run (never the student's fault)
 
 
 def schema() -> dict:
-    return json.loads(resources.files("grader").joinpath("gradescope_schema.json").read_text())
+    return json.loads(resources.files("grader.engine").joinpath("gradescope_schema.json").read_text())
 
 
 def test_output(record: TestRecord) -> str:

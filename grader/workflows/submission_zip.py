@@ -24,10 +24,12 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grader import scratch, stages
-from grader.banned import find_banned_apis, imported_modules, stage_banned_apis
-from grader.notebooks import NotebookError, export_module
-from grader.remote import RemoteSubmission, StudentCodeError, SubmissionProblem
+from grader import scratch
+
+from grader.course import stages
+from grader.engine.banned import find_banned_apis, imported_modules, stage_banned_apis
+from grader.engine.notebooks import NotebookError, export_module
+from grader.engine.remote import RemoteSubmission, StudentCodeError, SubmissionProblem
 from grader.worker.client import WorkerOptions, WorkerSession
 
 MAX_FILE_BYTES = 5 * 2**20

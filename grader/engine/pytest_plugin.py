@@ -12,7 +12,7 @@ A test module is plain pytest; what this plugin adds:
   (default: the test file's folder name);
 - results: one `TestRecord` per test, named "<stage>: <first docstring line>".
 
-Standalone: `pytest autograder_tests/bigram -p grader.pytest_plugin --submission DIR`.
+Standalone: `pytest autograder_tests/bigram -p grader.engine.pytest_plugin --submission DIR`.
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from grader import scratch, stages
-from grader.banned import stage_banned_apis
-from grader.checks import CheckFailure
-from grader.remote import LocalSubmission, RemoteSubmission, StudentCodeError, SubmissionProblem
-from grader.submission import Submission
+from grader import scratch
+
+from grader.course import stages
+from grader.engine.banned import stage_banned_apis
+from grader.engine.checks import CheckFailure
+from grader.engine.remote import LocalSubmission, RemoteSubmission, StudentCodeError, SubmissionProblem
+from grader.engine.submissions import Submission
 from grader.worker.client import WorkerFailure, WorkerOptions, WorkerSession
 
 MAX_FEEDBACK = 4000
@@ -293,7 +295,7 @@ def uses_stages(root: Path, stage_names: list[str]) -> dict[str, list[str]]:
     modules of the submission}, read from the sources with `ast` (nothing is imported here)."""
     import ast
 
-    from grader.banned import imported_modules
+    from grader.engine.banned import imported_modules
 
     files = sorted(root.glob("*.py"))
     own = {path.stem for path in files}
@@ -335,7 +337,7 @@ def load_reference(stage: str):
     return module
 
 
-# -- standalone use: pytest -p grader.pytest_plugin --submission DIR
+# -- standalone use: pytest -p grader.engine.pytest_plugin --submission DIR
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmgrade")
@@ -353,10 +355,10 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     path = config.getoption("--submission")
     if path:
-        from grader import submission
+        from grader.engine import submissions
 
         modules = [s.name for s in stages.discover()]
-        loaded = submission.load(Path(path), modules, _tempdir())
+        loaded = submissions.load(Path(path), modules, _tempdir())
         config.pluginmanager.register(GradingSession(
             loaded, devices=available_devices(config.getoption("--llmgrade-device"))), "llmgrade-session")
 
