@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from grader.engine.grade import GradeOptions, grade
-from grader.engine.results import stage_scores
+from grader.engine.results_json import stage_scores
 from grader.course.stages import discover, project_root
 
 EXCLUDED = {"training"}   # its budgeted training run has its own benchmark and target

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from grader.engine.results import validate
+from grader.engine.results_json import validate
 from grader.course.stages import project_root
 
 BENCH = project_root() / "benchmarks" / "bench_container.py"

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 
 from grader.course import corpus
-from grader.engine import results
+from grader.engine import results_json
 from grader.engine.grade import GradeOptions, grade
 from grader.course.stages import project_root
 
@@ -23,7 +23,7 @@ FAST = GradeOptions(stage_names=["bigram"], device="cpu", call_timeout=3.0)
 
 def graded(path, options=FAST):
     results = grade(path, options)
-    results.validate(results)
+    results_json.validate(results)
     return results
 
 
@@ -198,7 +198,7 @@ def test_cli_writes_results_and_exits_zero(tmp_path):
                           "--out", str(out), "--device", "cpu"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     results = json.loads(out.read_text())
-    results.validate(results)
+    results_json.validate(results)
     assert results["score"] == 0 and "defines no 'build_vocab'" in run.stdout
 
 
@@ -400,7 +400,7 @@ def test_a_time_budget_stops_starting_tests_and_still_writes_results(make_submis
                           "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     results = json.loads(out.read_text())
-    results.validate(results)
+    results_json.validate(results)
     assert len(results["tests"]) == len(reference_results["tests"])   # every test is listed
     not_started = [t for t in results["tests"] if t["output"].startswith("not graded: the grading run's time budget")]
     assert 0 < len(not_started) < len(results["tests"]) and results["score"] == 0

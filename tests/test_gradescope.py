@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from grader.engine.results import stage_scores, validate
+from grader.engine.results_json import stage_scores, validate
 from grader.course import corpus
 from grader.course.stages import project_root
 

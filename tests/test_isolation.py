@@ -278,7 +278,7 @@ def test_strict_refuses_without_namespaces(monkeypatch, tmp_path):
 
 
 def test_results_that_cannot_be_written_go_elsewhere_and_say_where(tmp_path):
-    from grader.engine.results import ResultsNotWritten, write
+    from grader.engine.results_json import ResultsNotWritten, write
 
     blocked = tmp_path / "results.json"
     blocked.mkdir()     # what a hostile worker would leave at the results path

@@ -8,7 +8,7 @@ import pytest
 from grader.course import notebook_build, stages
 from grader.engine.grade import GradeOptions, grade
 from grader.engine.notebooks import export_module
-from grader.engine.results import stage_scores
+from grader.engine.results_json import stage_scores
 
 
 def test_committed_notebooks_match_their_skeletons_and_handouts():

@@ -5,7 +5,7 @@ import textwrap
 import jsonschema
 import pytest
 
-from grader.engine import results
+from grader.engine import results_json
 from grader.engine.grade import _run_pytest
 from grader.engine.pytest_plugin import GradingSession
 from grader.engine.submissions import Submission
@@ -84,12 +84,12 @@ def test_grader_bugs_are_flagged_not_blamed_on_the_student(records):
 
 
 def test_results_follow_gradescope_schema(records):
-    results = results.build(records.values(), stage_order={"demo": 3}, execution_time=1.0, output="x")
+    results = results_json.build(records.values(), stage_order={"demo": 3}, execution_time=1.0, output="x")
     assert results["score"] == 1 + 1 + 3 + 0.5
     assert [t["number"] for t in results["tests"]][:2] == ["3.1", "3.2"]
     assert all(t["tags"][0] == "demo" for t in results["tests"])
-    assert results.grader_errors(results) == ["demo: a bug in the test itself"]   # tagged, for selfcheck
-    assert results.stage_scores(results) == {"demo": (5.5, 12.0)}
+    assert results_json.grader_errors(results) == ["demo: a bug in the test itself"]   # tagged, for selfcheck
+    assert results_json.stage_scores(results) == {"demo": (5.5, 12.0)}
 
 
 @pytest.mark.parametrize("broken", [
@@ -101,13 +101,13 @@ def test_results_follow_gradescope_schema(records):
 ])
 def test_schema_rejects_what_gradescope_would(broken):
     with pytest.raises(jsonschema.ValidationError):
-        results.validate(broken)
+        results_json.validate(broken)
 
 
 def test_selfcheck_verdicts_fail_a_stage_whose_hidden_test_crashed(records):
     from grader.commands.selfcheck import verdicts
 
-    full = results.build(records.values(), stage_order={"demo": 1}, execution_time=1.0, output="")
+    full = results_json.build(records.values(), stage_order={"demo": 1}, execution_time=1.0, output="")
     full["tests"] = [dict(t, score=t["max_score"]) for t in full["tests"]]   # full marks, yet one test crashed
     zero = dict(full, tests=[dict(t, score=0) for t in full["tests"]])
     (row,) = verdicts(full, zero)

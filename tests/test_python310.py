@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from grader.engine.results import stage_scores
+from grader.engine.results_json import stage_scores
 from grader.course.stages import project_root
 
 ROOT = project_root()

@@ -8,7 +8,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from grader.course import stages
-from grader.engine.results import stage_scores
+from grader.engine.results_json import stage_scores
 
 console = Console(highlight=False)
 FEEDBACK_LINES = 8  # per failed test in the terminal; results.json has it all

@@ -36,7 +36,7 @@ def command(submission: Path, stage_names: tuple[str, ...], out: Path, device: s
     """
     from grader.workflows.feedback_html import render
     from grader.engine.grade import GradeOptions, grade
-    from grader.engine.results import ResultsNotWritten, write
+    from grader.engine.results_json import ResultsNotWritten, write
 
     hidden = [str(out.resolve().parent)] + ([str(html_out.resolve().parent)] if html_out else [])
     options = GradeOptions(stage_names=list(stage_names), device=device, call_timeout=call_timeout,

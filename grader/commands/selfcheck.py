@@ -10,7 +10,7 @@ from rich.table import Table
 
 from grader.course import stages
 from grader.commands.common import DEVICE, ISOLATION, console, stage_option
-from grader.engine.results import GRADER_ERROR, grader_errors, stage_scores
+from grader.engine.results_json import GRADER_ERROR, grader_errors, stage_scores
 
 
 @click.command("selfcheck")

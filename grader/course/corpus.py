@@ -56,7 +56,7 @@ from grader import scratch
 from grader.course import stages
 from grader.engine.banned import imported_modules
 from grader.engine.grade import GradeOptions, grade
-from grader.engine.results import grader_errors
+from grader.engine.results_json import grader_errors
 from grader.course.skeleton import _BEGIN, _END
 
 _EXPECT = re.compile(r"^\s*EXPECT:\s*(.+?)\s*$", re.MULTILINE)

@@ -20,7 +20,7 @@ from typing import Callable
 
 import pytest
 
-from grader.engine import results
+from grader.engine import results_json
 from grader.errors import UsageProblem
 from grader import scratch
 from grader.course import stages
@@ -85,7 +85,7 @@ def grade(path: Path, options: GradeOptions | None = None) -> dict:
         summary = _summary(loaded, session, iso if not options.in_process else None, protected)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return results.build(records, stage_order={s.name: s.order for s in chosen},
+    return results_json.build(records, stage_order={s.name: s.order for s in chosen},
                             execution_time=time.monotonic() - started, output=summary,
                             leaderboard=session.leaderboard_entries,
                             extra_data=_extra_data(loaded, session, chosen, None if options.in_process else iso))

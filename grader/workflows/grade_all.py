@@ -34,7 +34,7 @@ from typing import Callable
 
 
 from grader.engine import fingerprint
-from grader.engine import results
+from grader.engine import results_json
 from grader import scratch
 from grader.course import stages
 
@@ -125,7 +125,7 @@ def load_results(path: Path) -> dict | None:
 
     try:
         results = json.loads(Path(path).read_text(encoding="utf-8"))
-        results.validate(results)
+        results_json.validate(results)
         return results
     except (OSError, ValueError, jsonschema.ValidationError):
         return None
@@ -153,7 +153,7 @@ def error_results(message: str, detail: str = "") -> dict:
                "tests": [], "leaderboard": [], "extra_data": {ERROR_KEY: message}}
     if detail:
         results["extra_data"]["llmgrade_traceback"] = detail
-    results.validate(results)
+    results_json.validate(results)
     return results
 
 
@@ -164,7 +164,7 @@ def write_outputs(out: Path, sid: str, results: dict) -> str:
 
     folder = Path(out) / sid
     try:
-        results.write(results, folder / "results.json")
+        results_json.write(results, folder / "results.json")
         (folder / "feedback.html").write_text(render(results, title=f"Feedback for {sid}"), encoding="utf-8")
     except OSError as exc:
         return str(exc)

@@ -18,7 +18,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from grader.engine import results
+from grader.engine import results_json
 from grader.course import stages
 from grader.workflows.grade_all import batch_error, load_results
 
@@ -38,8 +38,8 @@ def row_for(sid: str, path: Path) -> Row:
         return Row(sid, {}, f"{path} is not a valid results.json", path)
     extra = results.get("extra_data") or {}
     error = batch_error(results)
-    if not error and results.grader_errors(results):
-        error = "grader error in: " + "; ".join(results.grader_errors(results))
+    if not error and results_json.grader_errors(results):
+        error = "grader error in: " + "; ".join(results_json.grader_errors(results))
     if "llmgrade_problems" in extra:
         notes = "\n".join(extra.get("llmgrade_notes") or ())
         if not batch_error(results):
@@ -54,7 +54,7 @@ def row_for(sid: str, path: Path) -> Row:
             error = "\n".join(problems)
         if not batch_error(results):
             error = "\n".join(filter(None, [error, *_ungradable_stages(results, error)]))
-    return Row(sid, results.stage_scores(results), " | ".join(error.splitlines()), path,
+    return Row(sid, results_json.stage_scores(results), " | ".join(error.splitlines()), path,
                " | ".join(notes.splitlines()))
 
 
