@@ -117,11 +117,12 @@ class Container:
                 except OSError:
                     pass
             time.sleep(0.1)
-        for folder in (self.memory, self.cpu):
-            try:
-                folder.rmdir()
-            except OSError as exc:
-                print(f"  could not remove {folder}: {exc}", file=sys.stderr)
+        for top in (self.memory, self.cpu):   # deepest first: the grading's worker groups nest inside
+            for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top]:
+                try:
+                    folder.rmdir()
+                except OSError as exc:
+                    print(f"  could not remove {folder}: {exc}", file=sys.stderr)
 
 
 def grade_in_container(label: str, submission: Path, stage_names: list[str], memory: int, cpus: float,

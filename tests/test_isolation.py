@@ -379,3 +379,42 @@ def test_worker_groups_nest_in_the_graders_own_cgroup(make_submission, tmp_path)
     inside = "/" + str(outer.relative_to(cgroups.ROOT / "memory")) + "/" + cgroups.GROUP + "/"
     assert f"worker in {inside}" in run.stdout, run.stdout
     assert "stopped:" in run.stdout and "filled" not in run.stdout, run.stdout
+
+
+def test_stale_worker_groups_go_only_when_their_owner_is_gone():
+    """A grading killed outright leaves its workers' empty groups; the next worker of the same uid
+    (its lease held, so no live grading owns them) and any process removes the ones of dead
+    owners, never a group a live grading may have just made."""
+    from grader.worker import cgroups
+
+    if not layers.isolation().cgroups:
+        pytest.skip(f"needs the cgroup layer (this machine: {layers.isolation().summary()})")
+    pool = range(identity.FIRST_UID, identity.FIRST_UID + identity.POOL_SIZE)
+    lease = identity.acquire()
+    other_uid = next(u for u in pool if u != lease.uid)
+    dead = _a_dead_pid()
+    names = {"ours": cgroups.group_name(lease.uid, 1), "old_ours": f"worker-{lease.uid}-2",
+             "other_uid": f"worker-u{other_uid}-3", "dead_pid": f"worker-p{dead}-4",
+             "live_pid": cgroups.group_name(None, 5)}
+    parents = cgroups._parents(cgroups.version())
+    try:
+        for parent in parents:
+            parent.mkdir(exist_ok=True)
+            for name in names.values():
+                (parent / name).mkdir()
+        assert cgroups.remove_stale(lease.uid, pool) == 3 * len(parents)
+        left = {key for key, name in names.items() if all((p / name).is_dir() for p in parents)}
+        assert left == {"other_uid", "live_pid"}
+    finally:
+        lease.release()
+        for parent in parents:
+            for name in names.values():
+                if (parent / name).is_dir():
+                    os.rmdir(parent / name)
+
+
+def _a_dead_pid() -> int:
+    import subprocess
+    child = subprocess.Popen(["/bin/true"])
+    child.wait()
+    return child.pid

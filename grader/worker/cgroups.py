@@ -12,11 +12,15 @@ cgroup v1 (these machines: `memory` and `pids` mounted under /sys/fs/cgroup) and
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
 GROUP = "llmgrade"
+# worker-u<uid>-<serial> (a uid of the pool), worker-p<pid>-<serial> (no uid layer); before
+# 2026-12: worker-<uid or pid>-<serial>.
+_NAME = re.compile(r"^worker-(u|p)?(\d+)-\d+$")
 
 
 @dataclass
@@ -143,6 +147,41 @@ def usable() -> str:
     except OSError as exc:
         return f"cannot make a cgroup under {ROOT} ({exc.strerror or exc})"
     return ""
+
+
+def group_name(uid: int | None, serial: int) -> str:
+    """The name of a worker's group: its owner (the uid it runs as, else the grading process)."""
+    return f"worker-u{uid}-{serial}" if uid is not None else f"worker-p{os.getpid()}-{serial}"
+
+
+def remove_stale(uid: int | None, pool: range = range(0)) -> int:
+    """Remove the groups that gradings killed outright left behind (their `WorkerGroup.remove`
+    never ran); returns how many. A group goes only when its owner is gone: named for `uid`,
+    whose lease the caller holds (so no live grading can own it), or for a process that has
+    ended. Removing an empty group that a live grading has just made would break its worker's
+    join. The kernel refuses to remove a group with processes in it: those stay."""
+    v = version()
+    if not v:
+        return 0
+    removed = 0
+    for parent in _parents(v):
+        try:
+            names = [entry.name for entry in os.scandir(parent) if entry.is_dir()]
+        except OSError:
+            continue
+        for name in names:
+            match = _NAME.match(name)
+            if not match:
+                continue
+            kind, number = match[1] or ("u" if int(match[2]) in pool else "p"), int(match[2])
+            gone = number == uid if kind == "u" else not Path(f"/proc/{number}").exists()
+            if gone:
+                try:
+                    os.rmdir(parent / name)
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
 
 
 def create(name: str, memory_limit: int | None, max_processes: int) -> WorkerGroup:

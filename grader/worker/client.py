@@ -167,8 +167,8 @@ class WorkerProcess:
             identity.grant(self.workdir, uid)
         if iso.cgroups:
             limit = None if options.memory_limit is None else options.memory_limit + 2 * namespaces.MountPlan.tmp_size
-            self.group = cgroups.create(f"worker-{uid if uid is not None else os.getpid()}-{id(self)}",
-                                        limit, sandbox.MAX_PROCESSES)
+            cgroups.remove_stale(uid, range(identity.FIRST_UID, identity.FIRST_UID + identity.POOL_SIZE))
+            self.group = cgroups.create(cgroups.group_name(uid, id(self)), limit, sandbox.MAX_PROCESSES)
         mounts = None
         gpu = namespaces.gpu_devices()   # /dev's GPU nodes: bound into the worker's /dev, and no RLIMIT_AS
         if iso.namespaces:
