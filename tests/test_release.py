@@ -19,7 +19,7 @@ from grader.course.stages import project_root
 ROOT = project_root()
 FORBIDDEN_DIRS = ("solutions/", "autograder_tests/", "tests/", "benchmarks/", ".ci/")
 # Generic lines the reference GPT shares with the grader's own TinyGPT fixture (torch built-ins,
-# shipped in grader/worker/fixtures.py because the training tests build it in the worker); the
+# shipped in assignments/tests/fixtures_training.py because the training tests build it in the worker); the
 # contract spells out the same wiring. Judged harmless; any other shared line fails the proof.
 SHARED_WITH_FIXTURES = {
     "self.block_size = block_size",

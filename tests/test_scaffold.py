@@ -57,6 +57,48 @@ def test_a_scaffolded_stage_grades_in_a_fresh_course(course):
     assert again.returncode == 0 and "everything generated is up to date" in again.stdout, again.stdout
 
 
+STAGE_FIXTURES = '''"""toy_sum's fixtures: objects its tests build in the worker."""
+
+
+class Scaler:
+    def __init__(self, scale):
+        self.scale = scale
+
+    def __call__(self, x):
+        return x * self.scale
+
+
+FIXTURES = {"Scaler": Scaler}
+'''
+
+FIXTURE_TEST = '''import pytest
+import torch
+
+from grader.testing import build_fixture, expect_close
+
+
+@pytest.mark.points(2)
+def test_with_a_fixture_built_in_the_worker(student, device):
+    """scaled_sum with the scale of a Scaler fixture built in the worker"""
+    x = torch.arange(6.0, device=device).reshape(2, 3)
+    remote, local = student.fixture("Scaler", 0.25), build_fixture("Scaler", [0.25], {})
+    expect_close(remote(x), local(x), what="Scaler(0.25)(x)")
+    expect_close(student.toy_sum.scaled_sum(x, remote.scale), local(x).sum(-1), what="scaled_sum(x, 0.25)")
+'''
+
+
+@pytest.mark.slow
+def test_a_stage_declares_its_worker_fixtures_in_its_own_file(course):
+    """A stage's fixtures are files of the stage (assignments/tests/fixtures_NAME.py): the template
+    of the course being graded loads them, a hidden test builds one in the worker."""
+    assert llmgrade(course, "new-stage", "toy_sum").returncode == 0
+    (course / "assignments" / "tests" / "fixtures_toy_sum.py").write_text(STAGE_FIXTURES)
+    (course / "autograder_tests" / "toy_sum" / "test_toy_sum_fixture.py").write_text(FIXTURE_TEST)
+    checked = llmgrade(course, "selfcheck", "--stage", "toy_sum", "--device", "cpu")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "5 / 5" in checked.stdout and "0 / 5" in checked.stdout, checked.stdout
+
+
 def test_new_stage_refuses_bad_names_and_existing_stages(course):
     for bad in ("Toy", "9toy", "toy-sum", ""):
         with pytest.raises(UsageProblem, match="is not a stage name"):

@@ -1,4 +1,4 @@
-"""The TinyGPT fixture (grader/worker/fixtures.py) that the training stage's tests train."""
+"""The TinyGPT fixture (assignments/tests/fixtures_training.py) that the training stage's tests train."""
 
 import pytest
 import torch

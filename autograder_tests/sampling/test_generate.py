@@ -1,6 +1,6 @@
 """Hidden tests of stage `sampling`, part 3: generate.
 
-The model is the grader's fixture ContextLM (grader/worker/fixtures.py), built in the
+The model is the grader's fixture ContextLM (assignments/tests/fixtures_sampling.py), built in the
 worker for the submission and here for the reference: its logits depend on the whole
 window it is given and it raises ValueError past block_size, so a wrong crop shows.
 Exact draws are judged by sampling_draws.judge, step by step with the submission's

@@ -5,7 +5,7 @@ about the device (get_batch's `device`, estimate_loss on the model's device what
 config.device says, train on config.device with "auto" = cuda when available and bf16
 autocast only on CUDA); and when train saves checkpoints (every eval_interval steps, at
 stop_after, at the end), seen by stopping a run mid-way with the TrainProbeGPT fixture
-(grader/worker/fixtures.py), which also logs the device and autocast dtype of each forward.
+(assignments/tests/fixtures_training.py), which also logs the device and autocast dtype of each forward.
 """
 
 from __future__ import annotations

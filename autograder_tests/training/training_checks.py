@@ -1,7 +1,7 @@
 """Helpers shared by the hidden tests of stage `training`.
 
 The model trained is never the student's GPT: it is the grader's fixture TinyGPT
-(grader/worker/fixtures.py), built in the worker for the submission and here for the
+(assignments/tests/fixtures_training.py), built in the worker for the submission and here for the
 reference. What the submission's training did is read back as data (the weights, the
 gradients the optimizer saw, the reported losses) and compared here.
 

@@ -12,6 +12,7 @@ zip holds, at its root:
     solutions/                     every reference (later stages import earlier ones)
     autograder_tests/<stage>/      the hidden tests of the chosen stages, with their data
     assignments/handouts/          every handout (stages are discovered from them)
+    assignments/tests/fixtures_*   the chosen stages' worker fixtures
     datasets/                      the data files the hidden tests read (not the build scripts)
 
 `run_autograder` grades only the chosen stages (`--stage`), so a zip built for
@@ -79,6 +80,8 @@ def plan(root: Path, chosen: list[stages.Stage]) -> dict[str, Path]:
     folders = [root / "grader", root / "solutions", root / "assignments" / "handouts"]
     folders += [s.hidden_tests for s in chosen]
     files = {p.relative_to(root).as_posix(): p for folder in folders for p in course_files(folder)}
+    files.update({s.worker_fixtures.relative_to(root).as_posix(): s.worker_fixtures for s in chosen
+                  if s.worker_fixtures.is_file()})
     hidden_top = root / "autograder_tests"
     files.update({p.relative_to(root).as_posix(): p for p in sorted(hidden_top.glob("*")) if p.is_file()})
     files.update({p.relative_to(root).as_posix(): p for p in course_files(root / "datasets")

@@ -50,9 +50,10 @@ def course_files(folder: Path) -> list[Path]:
 
 
 def _stage_of(name: str, all_stages: set[str]) -> str | None:
-    """The stage a file of assignments/ belongs to (bigram.py, bigram.ipynb, test_bigram.py, 02-bigram.md)."""
+    """The stage a file of assignments/ belongs to (bigram.py, bigram.ipynb, test_bigram.py,
+    fixtures_training.py, 02-bigram.md)."""
     stem = Path(name).stem
-    for candidate in (stem, stem.removeprefix("test_"), re.sub(r"^\d+-", "", stem)):
+    for candidate in (stem, stem.removeprefix("test_"), stem.removeprefix("fixtures_"), re.sub(r"^\d+-", "", stem)):
         if candidate in all_stages:
             return candidate
     return None

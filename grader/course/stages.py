@@ -6,6 +6,7 @@ A stage is defined by files, never by code in the grader:
     solutions/<stage>.py                 the reference (with solution markers)
     assignments/<stage>.py               the skeleton, generated from the reference
     assignments/tests/test_<stage>.py    public tests
+    assignments/tests/fixtures_<stage>.py  (optional) objects its tests build in the worker
     autograder_tests/<stage>/test_*.py   hidden tests
 
 The stage's name is also the name of the module a submission provides.
@@ -52,6 +53,11 @@ class Stage:
     @property
     def public_tests(self) -> Path:
         return self.root / "assignments" / "tests" / f"test_{self.name}.py"
+
+    @property
+    def worker_fixtures(self) -> Path:
+        """Objects this stage's tests build inside the worker (grader/worker/fixtures.py); optional."""
+        return self.root / "assignments" / "tests" / f"fixtures_{self.name}.py"
 
     @property
     def hidden_tests(self) -> Path:

@@ -203,7 +203,8 @@ class RemoteSubmission:
             raise StudentCodeError(f"importing {what}.py" if message["op"] == "import" else what, exc) from None
 
     def fixture(self, name: str, *args, **kwargs) -> RemoteObject:
-        """Build the grader's fixture `name` (worker/fixtures.py) in the worker, to pass to submission code."""
+        """Build the stage fixture `name` (assignments/tests/fixtures_<stage>.py) in the worker, to pass
+        to submission code."""
         self._trap_banned_apis()
         return self.request({"op": "fixture", "name": name, "args": list(args), "kwargs": kwargs},
                             f"fixture {name}")

@@ -14,6 +14,7 @@ raised here as a `WorkerFailure`; the next request starts a fresh worker.
 from __future__ import annotations
 
 import atexit
+import functools
 import json
 import os
 import shutil
@@ -31,7 +32,7 @@ from typing import Any
 import torch
 
 from grader import scratch
-from grader.worker import cgroups, codec, framing, identity, layers, live, namespaces, sandbox
+from grader.worker import cgroups, codec, fixtures, framing, identity, layers, live, namespaces, sandbox
 
 OUTPUT_KEEP = 64 * 1024
 
@@ -90,7 +91,9 @@ class Template:
         return json.loads(reply)
 
     def fork(self, config: sandbox.SandboxConfig, fds: list[int]) -> int:
-        return self.ask({"op": "fork", "config": asdict(config)}, fds)["pid"]
+        # The stages' fixture files: the template loads them (once) before it forks; the worker's
+        # config never holds course paths.
+        return self.ask({"op": "fork", "config": asdict(config), "fixture_files": _fixture_files()}, fds)["pid"]
 
     def exit_code(self, pid: int, timeout: float = 5.0) -> int | None:
         return self.ask({"op": "wait", "pid": pid, "timeout": timeout})["code"]
@@ -108,6 +111,16 @@ class Template:
             self.process.wait(5)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+@functools.lru_cache(maxsize=4)
+def _course_fixture_files(root: str) -> tuple[str, ...]:
+    return tuple(fixtures.stage_files(Path(root)))
+
+
+def _fixture_files() -> list[str]:
+    from grader.course import stages
+    return list(_course_fixture_files(str(stages.project_root())))
 
 
 _template: Template | None = None

@@ -2,207 +2,75 @@
 
 Some student functions take an object, not data: `generate(model, ...)` samples
 from a model. The hidden tests must not pass the reference solution (it never
-enters the worker), so they pass a fixture from here instead:
+enters the worker), so they pass a fixture instead:
 
     model = student.fixture("ContextLM", vocab_size=11, block_size=4, seed=3, device=device)
     out = student.sampling.generate(model, idx, 5, block_size=4, generator=gen)
 
-and build the same object in the grading process (`fixtures.build(...)`) to
-compute the expected result. This module is imported by the worker before it
-is sandboxed, like the rest of the worker's code; fixtures are small and
-deterministic. Adding a fixture means adding a class to `FIXTURES`.
+and build the same object in the grading process (`build_fixture(...)`) to compute
+the expected result. A stage declares its fixtures in its own file, next to its public
+tests (which use them too, so students have it): `assignments/tests/fixtures_<stage>.py`,
+a module with a dict `FIXTURES` of name -> class (or function). The template process
+loads every stage's file before it forks any worker, so workers never read course
+files; the grading process loads them the first time a test builds one. Fixtures are
+small and deterministic.
 """
 
 from __future__ import annotations
 
-import math
-import weakref
-from typing import Any
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Callable
 
-import torch
-from torch import nn
-from torch.nn import functional as F
-from torch.optim.optimizer import register_optimizer_step_pre_hook
-
-
-class ContextLM(nn.Module):
-    """A tiny deterministic language model whose logits depend on the whole context.
-
-    forward(idx (B, t) int64, targets=None) -> logits (B, t, vocab_size) float32, or
-    (logits, None) when `returns_tuple`. Position t's logits depend on idx[:, t] and on
-    the sum of idx[:, :t+1], so a sampler that crops the context wrongly gets other
-    logits; like GPT, it raises ValueError when t > block_size.
-    """
-
-    def __init__(self, vocab_size: int, block_size: int, seed: int = 0, scale: float = 3.0,
-                 returns_tuple: bool = False):
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.block_size = block_size
-        self.returns_tuple = returns_tuple
-        self.grad_calls = 0
-        self.token_logits = nn.Parameter(scale * torch.randn(vocab_size, vocab_size, generator=gen))
-        self.context_logits = nn.Parameter(scale * torch.randn(vocab_size, vocab_size, generator=gen))
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        if idx.dim() != 2 or idx.dtype != torch.int64:
-            raise TypeError(f"expected idx of shape (B, t) and dtype int64, got {tuple(idx.shape)} {idx.dtype}")
-        if idx.shape[1] > self.block_size:
-            raise ValueError(f"sequence of length {idx.shape[1]} is longer than block_size {self.block_size}")
-        self.grad_calls += int(torch.is_grad_enabled())
-        vocab_size = self.token_logits.shape[0]
-        context = idx.cumsum(1) % vocab_size
-        logits = self.token_logits[idx] + self.context_logits[context]
-        return (logits, None) if self.returns_tuple else logits
+_FACTORIES: dict[str, Callable[..., Any]] = {}   # fixture name -> class or function
+_LOADED: dict[str, str] = {}                      # fixture file -> "" once loaded, or why it failed
 
 
-class TinyGPT(nn.Module):
-    """A small GPT built only from torch built-ins, for grading training loops.
+def stage_files(root: Path | None = None) -> list[str]:
+    """The fixture files of the course's stages (assignments/tests/fixtures_<stage>.py)."""
+    from grader.course import stages
 
-    tok_emb (nn.Embedding), pos_emb (nn.Embedding), blocks (nn.ModuleList of pre-norm
-    nn.TransformerEncoderLayer with GELU and a causal mask), ln_f (nn.LayerNorm), and
-    lm_head (nn.Linear, no bias) whose weight IS tok_emb.weight. forward(idx (B, t) int64,
-    targets=None) -> (logits (B, t, vocab_size), mean F.cross_entropy or None).
-
-    Every parameter is drawn from `seed` (biases and norm weights too, so that a wrong
-    weight-decay group shows); `freeze` names parameters to create with
-    requires_grad=False. For the tests it also records, inside the worker:
-    `grad_calls` (forward calls made with gradients on), `train_mode_calls` (calls made
-    in training mode) and, when `record_steps` > 0, `step_grads`: for each of the first
-    `record_steps` optimizer steps over its parameters, {name: grad} as the optimizer saw
-    it (a global optimizer step pre-hook; the tied weight appears once, as tok_emb.weight).
-    """
-
-    def __init__(self, vocab_size: int, block_size: int, d_model: int, n_layers: int, n_heads: int,
-                 dropout: float = 0.0, seed: int = 0, freeze: tuple[str, ...] | list[str] = (),
-                 record_steps: int = 0):
-        super().__init__()
-        self.block_size = block_size
-        self.tok_emb = nn.Embedding(vocab_size, d_model)
-        self.pos_emb = nn.Embedding(block_size, d_model)
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(d_model, n_heads, dim_feedforward=4 * d_model, dropout=dropout,
-                                       activation="gelu", batch_first=True, norm_first=True)
-            for _ in range(n_layers))
-        self.ln_f = nn.LayerNorm(d_model)
-        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
-        self.lm_head.weight = self.tok_emb.weight
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for name, p in self.named_parameters():
-                if p.dim() >= 2:
-                    std = 0.02 / math.sqrt(2 * n_layers) if name.endswith(("out_proj.weight", "linear2.weight")) else 0.02
-                    p.copy_(std * torch.randn(p.shape, generator=gen))
-                elif name.endswith(("norm1.weight", "norm2.weight", "ln_f.weight")):
-                    p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
-                else:
-                    p.copy_(0.02 * torch.randn(p.shape, generator=gen))
-        for name, p in self.named_parameters():
-            if name in set(freeze):
-                p.requires_grad_(False)
-        self.grad_calls = 0
-        self.train_mode_calls = 0
-        self.record_steps = record_steps
-        self.step_grads: list[dict[str, torch.Tensor | None]] = []
-        if record_steps > 0:
-            self._step_hook = register_optimizer_step_pre_hook(
-                _StepRecorder(weakref.ref(self)))
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        if idx.dim() != 2 or idx.dtype != torch.int64:
-            raise TypeError(f"expected idx of shape (B, t) and dtype int64, got {tuple(idx.shape)} {idx.dtype}")
-        t = idx.shape[1]
-        if t > self.block_size:
-            raise ValueError(f"sequence of length {t} is longer than block_size {self.block_size}")
-        self.grad_calls += int(torch.is_grad_enabled())
-        self.train_mode_calls += int(self.training)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(torch.arange(t, device=idx.device)))
-        mask = torch.full((t, t), float("-inf"), device=idx.device).triu(1)
-        for block in self.blocks:
-            x = block(x, src_mask=mask, is_causal=True)
-        logits = self.lm_head(self.ln_f(x))
-        if targets is None:
-            return logits, None
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
-        return logits, loss
+    return [str(s.worker_fixtures) for s in stages.discover(root) if s.worker_fixtures.is_file()]
 
 
-class _StepRecorder:
-    """The optimizer step pre-hook of a TinyGPT with record_steps (holds the model weakly)."""
-
-    def __init__(self, model_ref):
-        self.model_ref = model_ref
-
-    def __call__(self, optimizer, args, kwargs) -> None:
-        model = self.model_ref()
-        if model is None or len(model.step_grads) >= model.record_steps:
-            return
-        own = {id(p) for p in model.parameters()}
-        if not any(id(p) in own for group in optimizer.param_groups for p in group["params"]):
-            return
-        model.step_grads.append({name: None if p.grad is None else p.grad.detach().clone()
-                                 for name, p in model.named_parameters()})
-
-
-class TrainProbeGPT(TinyGPT):
-    """TinyGPT that also logs how the training loop runs it (for the training stage's device,
-    dtype and checkpoint tests); its parameters are those of TinyGPT with the same arguments.
-
-    `forward_log`: for each of the first 64 forward calls, (device of idx as a str, the dtype
-    autocast computes in on that device as a str or None when autocast is off, training mode,
-    grad enabled). `crash_at`: the n-th backward pass through a loss it returned (1-based)
-    raises RuntimeError("simulated preemption ..."), as a job killed mid-run would stop
-    (backward, not forward: an evaluation run with gradients on never counts).
-    """
-
-    def __init__(self, *args, crash_at: int | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.crash_at = crash_at
-        self.backward_calls = 0
-        self.forward_log: list[tuple[str, str | None, bool, bool]] = []
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        grad = torch.is_grad_enabled()
-        if len(self.forward_log) < 64 and isinstance(idx, torch.Tensor):
-            kind = idx.device.type
-            on = _autocast_dtype(kind)
-            self.forward_log.append((str(idx.device), on, self.training, grad))
-        logits, loss = super().forward(idx, targets)
-        if self.crash_at is not None and loss is not None and loss.requires_grad:
-            loss.register_hook(self._count_backward)
-        return logits, loss
-
-    def _count_backward(self, grad: torch.Tensor) -> torch.Tensor:
-        self.backward_calls += 1
-        if self.backward_calls >= self.crash_at:
-            raise RuntimeError(f"simulated preemption at backward pass {self.crash_at} "
-                               "(the grader stops the job here on purpose)")
-        return grad
+def load(paths: list[str]) -> None:
+    """Import each fixture file once (as module `llmgrade_fixtures_<stage>`) and register its
+    FIXTURES. A file that fails is remembered, and named when one of its fixtures is asked for."""
+    for path in paths:
+        if path in _LOADED:
+            continue
+        name = "llmgrade_fixtures_" + Path(path).stem.removeprefix("fixtures_")
+        try:
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+            declared = getattr(module, "FIXTURES", None)
+            if not isinstance(declared, dict):
+                raise TypeError("it declares no FIXTURES dict (name -> class or function)")
+            clash = sorted(set(declared) & set(_FACTORIES))
+            if clash:
+                raise ValueError(f"fixture {clash[0]!r} is declared by another stage's file too")
+            _FACTORIES.update(declared)
+            _LOADED[path] = ""
+        except Exception as exc:  # noqa: BLE001 -- a course file's fault, told when it matters
+            _LOADED[path] = f"{type(exc).__name__}: {exc}"
 
 
-def _autocast_dtype(device_type: str) -> str | None:
-    """The dtype autocast computes in on `device_type` now, or None when it is off."""
-    try:
-        if not torch.is_autocast_enabled(device_type):
-            return None
-        return str(torch.get_autocast_dtype(device_type))
-    except (TypeError, AttributeError):      # torch < 2.4: the CUDA-only and CPU-only calls
-        if device_type == "cuda":
-            return str(torch.get_autocast_gpu_dtype()) if torch.is_autocast_enabled() else None
-        return str(torch.get_autocast_cpu_dtype()) if torch.is_autocast_cpu_enabled() else None
-
-
-FIXTURES = {"ContextLM": ContextLM, "TinyGPT": TinyGPT, "TrainProbeGPT": TrainProbeGPT}
-
-
-def build(name: str, args: list, kwargs: dict) -> Any:
-    """The fixture `name`, built with `args` and `kwargs` (`device=` moves a module there)."""
-    if name not in FIXTURES:
-        raise ValueError(f"unknown fixture {name!r}")
+def build(name: str, args: list, kwargs: dict, *, load_missing: bool = True) -> Any:
+    """The fixture `name`, built with `args` and `kwargs` (`device=` moves a module there and
+    sets eval mode). `load_missing`: load the course's fixture files first if `name` is unknown
+    (the grading process; a worker has what its template loaded)."""
+    if name not in _FACTORIES and load_missing:
+        load(stage_files())
+    if name not in _FACTORIES:
+        failed = "; ".join(f"{Path(p).name}: {why}" for p, why in _LOADED.items() if why)
+        raise ValueError(f"unknown fixture {name!r}" + (f" (a fixture file failed to load: {failed})" if failed else ""))
     kwargs = dict(kwargs)
     device = kwargs.pop("device", None)
-    obj = FIXTURES[name](*args, **kwargs)
+    obj = _FACTORIES[name](*args, **kwargs)
+    from torch import nn
     if device is not None and isinstance(obj, nn.Module):
         obj = obj.to(device).eval()
     return obj

@@ -104,8 +104,9 @@ class Worker:
             torch.set_num_threads(previous)
 
     def op_fixture(self, request: dict) -> Any:
-        """Build one of the grader's fixture objects (worker/fixtures.py) here, e.g. a model to sample from."""
-        return self.to_handle(fixtures.build(request["name"], request["args"], request["kwargs"]))
+        """Build one of the stages' fixture objects here (worker/fixtures.py: loaded by the template),
+        e.g. a model to sample from."""
+        return self.to_handle(fixtures.build(request["name"], request["args"], request["kwargs"], load_missing=False))
 
     def op_release(self, request: dict) -> None:
         for handle_id in request["ids"]:

@@ -25,7 +25,7 @@ import time
 
 import torch  # noqa: F401 -- the point of the template: imported once, shared by every fork
 
-from grader.worker import libc, sandbox, server, syscalls  # noqa: F401 -- syscalls: libseccomp loads here, before any filter
+from grader.worker import fixtures, libc, sandbox, server, syscalls  # noqa: F401 -- syscalls: libseccomp loads here, before any filter
 
 
 class Template:
@@ -43,6 +43,7 @@ class Template:
             self.kill_strays()
             request = json.loads(message)
             if request["op"] == "fork":
+                fixtures.load(request.get("fixture_files") or [])   # once each: every later fork has them
                 self.reply({"pid": self.fork(request["config"], fds)})
             elif request["op"] == "wait":
                 self.reply({"code": self.wait(request["pid"], request["timeout"])})
