@@ -152,7 +152,7 @@ def test_notebook_export_cells_are_graded(make_submission, reference_results):
 @pytest.mark.parametrize("content, message", [
     ("{not json", "not a valid Jupyter notebook"),
     (notebook([("def build_vocab(words): pass", None)]), "no code cell marked"),
-])
+], ids=["not-json", "no-export-cell"])   # fixed ids: the notebook's cell ids are random
 def test_broken_notebook(make_submission, content, message):
     results = graded(make_submission({"bigram.ipynb": content}))
     assert results["score"] == 0
