@@ -297,13 +297,13 @@ def test_workers_die_with_their_template(level, request):
     """A grading process killed mid-run must not leave its workers grading on as orphans."""
     import signal
 
-    from grader.worker import client
+    from grader.worker import forks
 
     worker = request.getfixturevalue(level)
     name = f"llmgt{os.getpid() % 10000}{level[0]}"
     assert worker("rename", name) is True
     assert _named(name)
-    template = client.template()
+    template = forks.template()
     os.kill(template.process.pid, signal.SIGKILL)
     template.process.wait(5)
     deadline = time.monotonic() + 5

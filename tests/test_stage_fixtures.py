@@ -21,7 +21,7 @@ def write(folder, name, text):
 
 def test_the_course_declares_its_fixtures_per_stage():
     declared = {stages.Stage(name, "", 0, stages.project_root()).worker_fixtures.name
-                for name in ("sampling", "training")}
+                for name in ("sampling", "tokenizer", "training")}
     assert {p.rsplit("/", 1)[-1] for p in fixtures.stage_files()} == declared
 
 

@@ -8,7 +8,7 @@ text, with several sets of ranks, and many more training texts).
 
 import pytest
 
-from grader.testing import CheckFailure, GPT2_PATTERN, describe, expect_equal, expect_raises, gpt2_ranks
+from grader.testing import CheckFailure, GPT2_PATTERN, describe, expect_equal, expect_raises
 
 pytestmark = pytest.mark.stage("tokenizer")
 
@@ -110,7 +110,8 @@ def test_decode_replaces_invalid_utf8(student):
 
 def test_gpt2_hello_world(student):
     """With GPT-2's ranks, 'Hello world<|endoftext|>' is [15496, 995, 50256]"""
-    tok = student.tokenizer.Tokenizer(gpt2_ranks(), GPT2_PATTERN, {"<|endoftext|>": 50256})
+    # The ranks are built where your code runs (assignments/tests/fixtures_tokenizer.py), not sent.
+    tok = student.tokenizer.Tokenizer(student.fixture("gpt2_ranks"), GPT2_PATTERN, {"<|endoftext|>": 50256})
     expect_equal(tok.encode("Hello world"), [15496, 995], what="gpt2.encode('Hello world')")
     expect_equal(tok.encode("Hello world<|endoftext|>"), [15496, 995, 50256],
                  what="gpt2.encode('Hello world<|endoftext|>')")

@@ -156,8 +156,10 @@ def gpt2_cache() -> dict:
 def gpt2_tokenizer(student, gpt2_cache):
     """The student's Tokenizer with GPT-2's ranks, pattern and <|endoftext|>.
 
-    Sending the 50,256 ranks costs about a second (1.9 MB encoded), so one remote tokenizer
-    serves every test while its worker lives; after a crash or timeout it is built again.
+    The ranks are the stage's fixture (assignments/tests/fixtures_tokenizer.py): the worker
+    holds them before the submission is imported, so none of the 50,256 cross over (that took
+    a second). One remote tokenizer serves every test while its worker lives; after a crash or
+    timeout it is built again.
     """
     tok = gpt2_cache.get("tokenizer")
     if tok is not None:
@@ -166,8 +168,8 @@ def gpt2_tokenizer(student, gpt2_cache):
             return tok
         except StudentCodeError:
             pass
-    with student.timeout(20):  # the ranks take a while to send; an __init__ may index them
-        tok = student.tokenizer.Tokenizer(gpt2_ranks(), GPT2_PATTERN, dict(GPT2_SPECIAL_TOKENS))
+    with student.timeout(20):  # an __init__ may index the 50k ranks
+        tok = student.tokenizer.Tokenizer(student.fixture("gpt2_ranks"), GPT2_PATTERN, dict(GPT2_SPECIAL_TOKENS))
     gpt2_cache["tokenizer"] = tok
     return tok
 

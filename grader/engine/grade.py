@@ -26,7 +26,7 @@ from grader import scratch
 from grader.course import stages
 from grader.engine import submissions
 from grader.engine.pytest_plugin import GradingSession, TestRecord, available_devices
-from grader.worker import identity, layers, namespaces
+from grader.worker import forks, identity, layers, namespaces
 from grader.worker.client import WorkerOptions
 from grader.worker.sandbox import DEFAULT_MEMORY_LIMIT
 
@@ -59,6 +59,8 @@ def grade(path: Path, options: GradeOptions | None = None) -> dict:
     started = time.monotonic()
     layers.protect_grading_process()
     iso = layers.isolation(options.isolation)
+    if not (options.in_process or options.debug):
+        forks.start_early()   # if the command has not: its imports run on another core meanwhile
     protected = _protect(iso, options.protect_paths) if not options.in_process else []
     chosen = stages.select(options.stage_names)
     all_modules = [s.name for s in stages.discover()]
@@ -152,11 +154,10 @@ def _run_pytest(paths: list[str], session: GradingSession, test_timeout: float, 
 
 def _confirm_nothing_left(session: GradingSession) -> None:
     """Every worker of this submission is gone (the next submission of a batch starts clean)."""
-    from grader.worker import client
-
     pids = [pid for worker_session in session.worker_sessions for pid in worker_session.pids]
-    if pids and client._template is not None and client._template.alive():
-        left = client._template.sweep(pids)
+    template = forks.running()
+    if pids and template is not None:
+        left = template.sweep(pids)
         if left:
             session.collection_errors.append(f"{left} worker(s) were still running after grading and were killed")
 

@@ -13,17 +13,10 @@ raised here as a `WorkerFailure`; the next request starts a fresh worker.
 
 from __future__ import annotations
 
-import atexit
-import functools
-import json
 import os
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,7 +25,8 @@ from typing import Any
 import torch
 
 from grader import scratch
-from grader.worker import cgroups, codec, fixtures, framing, identity, layers, live, namespaces, sandbox
+from grader.worker import cgroups, codec, framing, identity, layers, live, namespaces, sandbox
+from grader.worker.forks import TemplateStopped, template
 
 OUTPUT_KEEP = 64 * 1024
 
@@ -60,79 +54,6 @@ class StudentException(Exception):
         return name in self.mro
 
 
-_TEMPLATE_BOOT = ("import sys; sys.path.insert(0, sys.stdin.readline().rstrip('\\n')); "
-                  "from grader.worker.template import main; main()")
-
-
-class Template:
-    """The grading process's handle on its template process (see template.py)."""
-
-    def __init__(self, start_timeout: float = 120.0):
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        # Where to import grader from goes through stdin, so that it is in neither the
-        # command line nor the environment that workers inherit (/proc/self/...).
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LLMGRADE_ROOT")}
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _TEMPLATE_BOOT, str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], env=env, cwd=tempfile.gettempdir(), stdin=subprocess.PIPE)
-        self.process.stdin.write((str(Path(__file__).resolve().parents[2]) + "\n").encode())
-        self.process.stdin.close()
-        theirs.close()
-        self.socket = ours
-        self.socket.settimeout(start_timeout)
-        self.lock = threading.Lock()
-
-    def ask(self, message: dict, fds: list[int] = ()) -> dict:
-        with self.lock:
-            socket.send_fds(self.socket, [json.dumps(message).encode()], list(fds))
-            reply = self.socket.recv(1 << 16)
-        if not reply:
-            raise WorkerFailure("the worker template process has stopped")
-        return json.loads(reply)
-
-    def fork(self, config: sandbox.SandboxConfig, fds: list[int]) -> int:
-        # The stages' fixture files: the template loads them (once) before it forks; the worker's
-        # config never holds course paths.
-        return self.ask({"op": "fork", "config": asdict(config), "fixture_files": _fixture_files()}, fds)["pid"]
-
-    def exit_code(self, pid: int, timeout: float = 5.0) -> int | None:
-        return self.ask({"op": "wait", "pid": pid, "timeout": timeout})["code"]
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def sweep(self, pids: list[int]) -> int:
-        """Kill those of the workers `pids` still running and every orphan; how many workers were."""
-        return self.ask({"op": "sweep", "pids": pids})["killed"]
-
-    def close(self) -> None:
-        self.socket.close()
-        try:
-            self.process.wait(5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-
-@functools.lru_cache(maxsize=4)
-def _course_fixture_files(root: str) -> tuple[str, ...]:
-    return tuple(fixtures.stage_files(Path(root)))
-
-
-def _fixture_files() -> list[str]:
-    from grader.course import stages
-    return list(_course_fixture_files(str(stages.project_root())))
-
-
-_template: Template | None = None
-
-
-def template() -> Template:
-    """The template of this grading process, started on first use."""
-    global _template
-    if _template is None or not _template.alive():
-        _template = Template()
-        atexit.register(_template.close)
-    return _template
 
 
 @dataclass
@@ -207,6 +128,8 @@ class WorkerProcess:
         self.template = template()
         try:
             self.pid = self.template.fork(config, [req_r, resp_w])
+        except TemplateStopped as exc:
+            raise WorkerFailure(str(exc)) from None
         finally:
             os.close(req_r)
             os.close(resp_w)
