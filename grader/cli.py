@@ -11,6 +11,7 @@ that line (LLMGRADE_DEBUG=1 prints it instead).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import importlib
 import os
@@ -93,3 +94,25 @@ def main() -> None:
                    f"The traceback is in {log.name} (LLMGRADE_DEBUG=1 prints it here); please report it.",
                    err=True)
         sys.exit(INTERNAL)
+
+
+def run() -> None:
+    """The `llmgrade` executable: `main`, then an exit without the interpreter's teardown, which
+    with torch and sympy loaded takes most of a second of a short command. The atexit handlers
+    (scratch folders, the worker template) run first and the output is flushed."""
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    except KeyboardInterrupt:   # LLMGRADE_DEBUG=1 lets exceptions through: keep Python's own exit
+        raise
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)

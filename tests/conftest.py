@@ -1,11 +1,15 @@
 """Shared helpers for the framework's own tests."""
 
+import os
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from grader.worker.client import WorkerOptions, WorkerSession
+
+# Every grading in these tests also proves the hidden tests' widened tolerances (checks.assert_outside).
+os.environ.setdefault("LLMGRADE_PROVE_TOLERANCES", "1")
 
 
 def write_files(folder: Path, files: dict[str, str]) -> Path:

@@ -129,3 +129,17 @@ def test_assert_outside_refuses_a_tolerance_that_swallows_a_named_mistake():
     assert_outside(expected, mistakes, atol=1e-4, rtol=0)          # the mistake stays outside
     with pytest.raises(AssertionError, match="off by 1e-3"):
         assert_outside(expected, mistakes, atol=1e-2, rtol=0)
+
+
+def test_assert_outside_runs_only_where_the_tests_are_proved(monkeypatch):
+    """selfcheck and these tests prove the tolerances (LLMGRADE_PROVE_TOLERANCES=1); a student's
+    grading skips the proof (same inputs for every submission) and never computes the mistakes."""
+    from grader.engine.checks import PROVE_TOLERANCES, assert_outside
+    computed = []
+    mistakes = {"swallowed": lambda: computed.append(1) or torch.ones(3)}
+    monkeypatch.delenv(PROVE_TOLERANCES, raising=False)
+    assert_outside(torch.ones(3), mistakes, atol=1e-2)
+    assert computed == []
+    monkeypatch.setenv(PROVE_TOLERANCES, "1")
+    with pytest.raises(AssertionError, match="swallowed"):
+        assert_outside(torch.ones(3), mistakes, atol=1e-2)

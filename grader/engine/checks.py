@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
@@ -159,11 +160,22 @@ def _resolve(mistakes: Mapping[str, Any] | None) -> Iterator[tuple[str, Any]]:
             continue
 
 
+# Set where hidden tests are being proved (`llmgrade selfcheck`, the project's own tests).
+PROVE_TOLERANCES = "LLMGRADE_PROVE_TOLERANCES"
+
+
 def assert_outside(expected: Any, mistakes: Mapping[str, Any] | None, atol: float,
                    rtol: float | None = None) -> None:
     """The grader's own check, where a derived tolerance widened the elementwise one: every named
     mistake must still fail the comparison, else the test could not tell it from a right answer.
-    A mistake these inputs cannot produce (it raises) is passed over, as `_resolve` does."""
+    A mistake these inputs cannot produce (it raises) is passed over, as `_resolve` does.
+
+    It runs only where the tests are proved (LLMGRADE_PROVE_TOLERANCES=1: selfcheck and the
+    project's tests, on CPU and CUDA): the inputs and tolerances are the same for every
+    submission, so a student's grading would learn nothing new from it, and it computes every
+    mistake (0.7 s of a cross-entropy grading)."""
+    if os.environ.get(PROVE_TOLERANCES) != "1":
+        return
     for description, value in _resolve(mistakes):
         assert tensor_mismatch(value, expected, atol=atol, rtol=rtol) is not None, \
             f"grader: the mistake {description!r} lies within the tolerance {atol:g}"

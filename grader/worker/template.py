@@ -155,6 +155,9 @@ def main() -> None:
     gc.collect()
     gc.freeze()
     Template(control).run()
+    # The grading process closed the socket: leave without the interpreter's teardown (with torch,
+    # sympy and dynamo loaded it takes most of a second, which the grading process waits for).
+    os._exit(0)
 
 
 if __name__ == "__main__":
