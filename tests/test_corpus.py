@@ -164,3 +164,17 @@ def test_a_correct_entry_loses_exactly_its_loses_tests(monkeypatch, tmp_path):
     verdict = corpus.judge(entry)
     assert not verdict.ok and "kept the points of test_gpt_loss" in verdict.detail
     assert corpus.Entry("x", "buggy", entry_file).loses == set()   # a bug's header never excuses tests
+
+
+def test_a_folder_entry_takes_its_reference_modules_from_the_references(tmp_path):
+    """A folder entry does not copy the helpers that are other stages' references: its stage
+    module names them (REFERENCE_MODULES), and they are written from solutions/, marker-free."""
+    folder = tmp_path / "transformer" / "correct" / "mine"
+    folder.mkdir(parents=True)
+    (folder / "transformer.py").write_text('"""STYLE: mine\nREFERENCE_MODULES: embeddings, cross_entropy\n"""\n')
+    entry = corpus.Entry("transformer", "correct", folder)
+    assert entry.reference_modules == ["embeddings", "cross_entropy"]
+    out = corpus.materialise(entry, tmp_path / "out")
+    assert sorted(p.name for p in out.glob("*.py")) == ["cross_entropy.py", "embeddings.py", "transformer.py"]
+    assert (out / "embeddings.py").read_text() == corpus.reference_files("embeddings")["embeddings.py"]
+    assert "# BEGIN SOLUTION" not in (out / "embeddings.py").read_text()

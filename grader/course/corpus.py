@@ -9,7 +9,9 @@ A buggy entry is a patch against the reference: a header, then a unified diff
 solutions it imports, `# BEGIN/END SOLUTION` lines removed), or, when its header
 says `BASE: correct/<name>`, to that correct entry (bugs written in its style). A
 patch that no longer applies fails its entry. A bug far from the reference stays a whole
-`<name>.py` (or a folder holding one and its helpers), as correct entries do.
+`<name>.py` (or a folder holding one and its helpers), as correct entries do. A folder's
+helpers that are the references of other stages are not copied: its stage module says
+`REFERENCE_MODULES: embeddings attention`, and those come from solutions/, marker-free.
 
 The header (a patch's text before its diff, a whole file's docstring) says what
 it is: `BUG: ...` or `STYLE: ...`, and for a bug the hidden tests name,
@@ -64,6 +66,7 @@ _REQUIRES = re.compile(r"^\s*REQUIRES:\s*(.+?)\s*$", re.MULTILINE)
 _PART = re.compile(r"^\s*PART:\s*(.+?)\s*$", re.MULTILINE)
 _CAUGHT_BY = re.compile(r"^\s*CAUGHT_BY:\s*(.+?)\s*$", re.MULTILINE)
 _LOSES = re.compile(r"^\s*LOSES:\s*(.+?)\s*$", re.MULTILINE)
+_REFERENCE_MODULES = re.compile(r"^\s*REFERENCE_MODULES:\s*(.+?)\s*$", re.MULTILINE)
 _BASE = re.compile(r"^\s*BASE:\s*(.+?)\s*$", re.MULTILINE)
 _DIFF_START = re.compile(r"^(--- |diff --git )", re.MULTILINE)
 
@@ -118,6 +121,12 @@ class Entry:
         """Test functions a correct entry must fail by a course rule (`LOSES: <test file>::<test>`)."""
         words = (self._line(_LOSES) or "").replace(",", " ").split() if self.kind == "correct" else []
         return {word.split("::")[-1] for word in words}
+
+    @property
+    def reference_modules(self) -> list[str]:
+        """Modules a folder entry takes from the references, marker-free, instead of holding
+        copies (`REFERENCE_MODULES: embeddings attention`)."""
+        return (self._line(_REFERENCE_MODULES) or "").replace(",", " ").split() if self.path.is_dir() else []
 
     @property
     def base(self) -> Path | None:
@@ -197,6 +206,8 @@ def materialise(entry: Entry, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     if entry.path.is_dir():
         shutil.copytree(entry.path, folder, dirs_exist_ok=True)
+        for module in entry.reference_modules:   # helpers it uses as the reference wrote them
+            (folder / f"{module}.py").write_text(reference_files(module)[f"{module}.py"], encoding="utf-8")
     elif entry.is_patch:
         for file_name, text in reference_files(entry.stage).items():
             (folder / file_name).write_text(text, encoding="utf-8")

@@ -60,7 +60,7 @@ def to_patch(entry: Entry, caught_by: str, *, base: str | None = None, most: flo
     after = dict(before)
     if entry.path.is_dir():
         for name in before:
-            if not (entry.path / name).exists():
+            if not (entry.path / name).exists() and name.removesuffix(".py") not in entry.reference_modules:
                 del after[name]
         after |= {p.name: p.read_text(encoding="utf-8") for p in sorted(entry.path.iterdir()) if p.is_file()}
     else:

@@ -1,6 +1,7 @@
 """STYLE: LayerNorm computed in float64 and cast back; sum-based mean; F.linear and einsum with the
 modules' own weights; nn.GELU module; explicit dropout modules; a Sequential-free stack walked with
 a generator; positions built with torch.arange and gathered from pos_emb's rows.
+REFERENCE_MODULES: attention cross_entropy embeddings
 """
 
 import torch

@@ -1,6 +1,7 @@
 """STYLE: LayerNorm with an explicit loop over the features for the sums and (var + eps) ** -0.5;
 the exact GELU through Phi = (1 + erf(x / sqrt 2)) / 2 with a tensor sqrt; dropout layers named
 differently; blocks run with an index loop; the ValueError raised before any lookup.
+REFERENCE_MODULES: attention cross_entropy embeddings
 """
 
 import torch

@@ -1,6 +1,7 @@
 """STYLE: every sum a Python loop of float32 running sums: LayerNorm's mean and variance over the
 features (from plain_loops), attention's dot products, softmax denominators and weighted sums
 over the keys, and the loss's log-sum-exp over the classes and mean over the B * T positions.
+REFERENCE_MODULES: embeddings
 """
 
 import torch

@@ -1,6 +1,7 @@
 """STYLE: LayerNorm via var(unbiased=False) and rsqrt; GELU written with torch.erf by hand;
 functional dropout with training=self.training; lm_head defined before tok_emb (so the tied
 Parameter is named lm_head.weight in named_parameters); the loss on flattened logits.
+REFERENCE_MODULES: attention cross_entropy embeddings
 """
 
 import math
