@@ -117,6 +117,7 @@ def _chromium():
 
 
 @pytest.mark.skipif(not _chromium(), reason="no headless Chromium here (Debian package `chromium`)")
+@pytest.mark.slow
 def test_renders_in_headless_chromium(graded_page):
     page_path, results = graded_page
     run = subprocess.run([_chromium(), "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom",

@@ -118,6 +118,7 @@ def test_shards_merge_into_the_same_gradebook(batch, tmp_path):
     assert again.returncode == 0 and "warning" in again.stdout and "ada" in again.stdout
 
 
+@pytest.mark.slow
 def test_a_submission_over_its_time_is_one_error_row_and_graded_again(tmp_path):
     subs = tmp_path / "subs"
     (subs / "ada").mkdir(parents=True)

@@ -47,11 +47,13 @@ def reference_results():
     return graded(project_root() / "solutions")
 
 
+@pytest.mark.slow
 def test_reference_gets_full_marks(reference_results):
     assert reference_results["score"] == max_score(reference_results) > 0
     assert len(reference_results["tests"]) >= 15
 
 
+@pytest.mark.slow
 def test_missing_module(tmp_path):
     (tmp_path / "notes.txt").write_text("nothing here")
     results = graded(tmp_path)
@@ -78,6 +80,7 @@ def test_a_missing_dependency_is_named(make_submission):
     assert "bigram.py imports attention, but attention.py is not in your submission" in output
 
 
+@pytest.mark.slow
 def test_printing_past_the_output_limit_is_named(make_submission):
     """A print loop that passes the worker's 16 MiB file-size limit fails with EFBIG; the feedback
     names the output limit, not only `OSError: [Errno 27] File too large`."""
@@ -92,6 +95,7 @@ def build_vocab(words):
     assert charged and any("File too large" in out and "output limit" in out for out in charged), charged
 
 
+@pytest.mark.slow
 def test_missing_function_costs_only_its_tests(make_submission, reference_results):
     source = REFERENCE[:REFERENCE.index("def nll(")] + REFERENCE[REFERENCE.index("def sample("):]
     results = graded(make_submission({"bigram.py": source}))
@@ -101,6 +105,7 @@ def test_missing_function_costs_only_its_tests(make_submission, reference_result
     assert 0 < results["score"] < reference_results["score"]
 
 
+@pytest.mark.slow
 def test_wrong_signature(make_submission):
     source = replace_function(REFERENCE, "nll", "def nll(probs, words):\n    return 0.0\n")
     failed = failures(graded(make_submission({"bigram.py": source})))
@@ -140,6 +145,7 @@ def notebook(cells) -> str:
     return nbformat.writes(nb)
 
 
+@pytest.mark.slow
 def test_notebook_export_cells_are_graded(make_submission, reference_results):
     head, body = REFERENCE.split("def build_vocab", 1)
     cells = [("#| export\n" + head, None), ("print('scratch work, never run')\nraise SystemExit", None),
@@ -167,6 +173,7 @@ def zip_bytes(files: dict[str, str]) -> bytes:
     return buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_zip_with_a_top_folder(tmp_path, reference_results):
     archive = tmp_path / "ada.zip"
     archive.write_bytes(zip_bytes({"hw/bigram.py": REFERENCE, "__MACOSX/hw/._bigram.py": "junk"}))
@@ -406,3 +413,15 @@ def test_a_time_budget_stops_starting_tests_and_still_writes_results(make_submis
     assert 0 < len(not_started) < len(results["tests"]) and results["score"] == 0
     assert "time budget ran out" in results["output"]
     assert f"{len(not_started)} tests not graded: the run's time budget ran out" in gradebook.row_for("sid", out).error
+
+
+@pytest.mark.slow
+def test_the_backstop_timeout_says_so(make_submission):
+    """A test that outlives pytest-timeout's backstop (its calls have a longer limit) is stopped
+    and told so; it once read "check failed: assert terminalreporter is not None"."""
+    looping = make_submission({"bigram.py": "def build_vocab(words):\n    while True:\n        pass\n"})
+    options = GradeOptions(stage_names=["bigram"], device="cpu", call_timeout=60.0, test_timeout=8.0,
+                           only_tests=["test_bigram.py::test_vocab_hand"])
+    [test] = graded(looping, options)["tests"]
+    assert test["status"] == "failed"
+    assert test["output"] == "this test took longer than its time limit and was stopped", test["output"]

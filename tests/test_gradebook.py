@@ -26,6 +26,7 @@ def row(tmp_path, make_submission):
     return graded_row
 
 
+@pytest.mark.slow
 def test_a_notebook_is_a_note_not_an_error(row):
     [bigram] = stages.select(["bigram"], ROOT)
     notebook = notebook_build.notebook_text(REFERENCE, bigram.handout.read_text(), "bigram")

@@ -57,6 +57,7 @@ def test_code_splits_before_each_top_level_def_with_its_decorators_and_comments(
                       "class C:\n    def g(self):\n        pass"]
 
 
+@pytest.mark.slow
 def test_a_notebook_of_the_reference_scores_full_marks(tmp_path):
     stage = stages.select(["bigram"])[0]
     text = notebook_build.notebook_text(stage.solution.read_text(encoding="utf-8"),

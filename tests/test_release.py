@@ -91,6 +91,7 @@ def leaks(bundle: Path) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_bundle_has_no_solution_and_no_hidden_test(bundle):
     files = bundle_files(bundle)
     assert "pyproject.toml" in files and "README.md" in files and "grader/engine/checks.py" in files
@@ -128,6 +129,7 @@ def test_check_runs_the_public_tests_inside_the_bundle(bundle, tmp_path):
     assert solved.returncode == 0 and "11 / 11" in solved.stdout, solved.stdout + solved.stderr
 
 
+@pytest.mark.slow
 def test_grade_stops_with_one_line_in_the_bundle(bundle, tmp_path):
     """selfcheck goes through the same grade() and stops the same way (checked by hand)."""
     run = run_grader("grade", "assignments", "--stage", "bigram", "--out", tmp_path / "r.json",

@@ -197,6 +197,7 @@ def test_help_shows_an_example(name, tmp_path, capsys, monkeypatch):
     assert result.returncode == 0 and f"Example: llmgrade {name} " in result.stdout
 
 
+@pytest.mark.slow
 def test_check_debug_runs_the_public_tests_in_process_where_breakpoint_stops(tmp_path):
     """`check --debug`: breakpoint() in the student's code reaches this process's debugger hook
     (PYTHONBREAKPOINT, as pdb would), and the output says the run grades nothing."""
