@@ -5,8 +5,10 @@
 
 Prints the wall time of `llmgrade grade SUBMISSION` as a fresh command (Python
 start, torch import, template start, every stage's hidden suite, results.json),
-then each stage's share, graded again in this process. Target (issue 4): the
-stages tokenizer to sampling in under 60 s on this 2-core machine.
+then each stage's share, graded again in this process after one warm-up grading
+(the template started, the suites imported: what a batch's grading process pays).
+Targets: the stages tokenizer to sampling in under 60 s (issue 4), under 6 s, and the
+tokenizer stage under 1 s warm (issue 13), on this 2-core machine.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ def main() -> None:
                         "--device", "cpu", "--out", f"{tmp}/results.json"], check=True, capture_output=True)
         cold = time.perf_counter() - start
     print(f"{submission}: stages {', '.join(names)} on CPU")
-    print(f"  cold command, all {len(names)} stages: {cold:6.1f} s   (target < 60 s)")
+    print(f"  cold command, all {len(names)} stages: {cold:6.1f} s   (target < 6 s)")
     total_tests = 0
+    grade(submission, GradeOptions(stage_names=names, device="cpu"))   # warm: template, imports, first uses
     for name in names:
         start = time.perf_counter()
         results = grade(submission, GradeOptions(stage_names=[name], device="cpu"))

@@ -5,11 +5,24 @@ would return for the same inputs; the checks name it when the student's result
 matches it.
 """
 
+import functools
 import math
 
 import torch
 
 from grader.testing import CheckFailure, expect_equal, expect_scalar, reduction_atol
+
+
+def reference_counts(reference, words, stoi) -> torch.Tensor:
+    """reference.bigram_counts(words, stoi), computed once per grading process for the same
+    words (the names dataset: 80 ms a call, five calls a grading, the same for every
+    submission of a batch); each caller gets a copy of its own."""
+    return _counts(reference.bigram_counts, tuple(words), tuple(stoi.items())).clone()
+
+
+@functools.lru_cache(maxsize=8)
+def _counts(bigram_counts, words: tuple, stoi_items: tuple) -> torch.Tensor:
+    return bigram_counts(list(words), dict(stoi_items))
 
 
 def pairs(words, stoi, start=True, end=True):

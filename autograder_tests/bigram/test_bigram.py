@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bigram_checks import (counts_mistakes, expect_nll, expect_runs_to, expect_words,  # this folder's helpers
-                           probs_mistakes, vocab_mistakes)
+                           probs_mistakes, reference_counts, vocab_mistakes)
 from grader.testing import (CheckFailure, describe, expect_close, expect_equal, expect_raises, expect_scalar,
                             project_root, seeded)
 
@@ -95,7 +95,7 @@ def test_counts_no_words(student, reference):
 def test_counts_names(student, reference, names):
     """bigram_counts on the whole names dataset"""
     stoi, _ = reference.build_vocab(names)
-    expect_close(student.bigram.bigram_counts(names, stoi), reference.bigram_counts(names, stoi),
+    expect_close(student.bigram.bigram_counts(names, stoi), reference_counts(reference, names, stoi),
                  what="bigram_counts(names, stoi)", mistakes=counts_mistakes(names, stoi))
 
 
@@ -128,7 +128,7 @@ def test_probs_zero_row(student, reference, device):
 def test_probs_names(student, reference, names, device):
     """bigram_probs of the names counts: float32 on the counts' device, rows sum to 1"""
     stoi, _ = reference.build_vocab(names)
-    counts = reference.bigram_counts(names, stoi).to(device)
+    counts = reference_counts(reference, names, stoi).to(device)
     # Each row is normalised by a sum of V = 27 float32 terms (exact here: integer counts + 1 stay
     # below 2**24), so the elementwise float32 tolerance covers every summation order.
     expect_close(student.bigram.bigram_probs(counts, 1.0), reference.bigram_probs(counts, 1.0),
@@ -163,7 +163,7 @@ def test_nll_hand(student, reference, device):
 def test_nll_heldout(student, reference, names, heldout, device):
     """nll of held-out names under the model counted from the training names"""
     stoi, _ = reference.build_vocab(names)
-    probs = reference.bigram_probs(reference.bigram_counts(names, stoi), 1.0).to(device)
+    probs = reference.bigram_probs(reference_counts(reference, names, stoi), 1.0).to(device)
     expect_nll(student.bigram.nll(probs, heldout, stoi), reference.nll(probs, heldout, stoi),
                probs, heldout, stoi, what="nll(probs, heldout_names, stoi)")
 
@@ -209,7 +209,7 @@ def test_sample_hand_exact(student, reference, device):
 def test_sample_names_exact(student, reference, names, device):
     """sample from the names model, twice with one generator, matches exactly"""
     stoi, itos = reference.build_vocab(names)
-    probs = reference.bigram_probs(reference.bigram_counts(names, stoi), 1.0).to(device)
+    probs = reference.bigram_probs(reference_counts(reference, names, stoi), 1.0).to(device)
     gen, ref_gen = seeded(2024, device), seeded(2024, device)
     for call in ("first", "second"):
         expected = reference.sample(probs, itos, 20, ref_gen, 50)
@@ -222,7 +222,7 @@ def test_sample_names_exact(student, reference, names, device):
 def test_sample_uses_generator(student, reference, names, device):
     """sample takes all its randomness from the generator passed in"""
     stoi, itos = reference.build_vocab(names)
-    probs = reference.bigram_probs(reference.bigram_counts(names, stoi), 1.0).to(device)
+    probs = reference.bigram_probs(reference_counts(reference, names, stoi), 1.0).to(device)
     first = student.bigram.sample(probs, itos, 10, seeded(7, device))
     torch.manual_seed(123)  # the grader's global RNG; the worker's is its own
     second = student.bigram.sample(probs, itos, 10, seeded(7, device))
