@@ -293,6 +293,7 @@ def test_results_that_cannot_be_written_go_elsewhere_and_say_where(tmp_path):
 
 
 @pytest.mark.parametrize("level", ["full", "minimal"])
+@pytest.mark.slow
 def test_workers_die_with_their_template(level, request):
     """A grading process killed mid-run must not leave its workers grading on as orphans."""
     import signal

@@ -112,6 +112,7 @@ def test_new_stage_refuses_bad_names_and_existing_stages(course):
     assert not (course / "assignments" / "handouts" / "09-fresh.md").exists()
 
 
+@pytest.mark.slow
 def test_the_readme_stage_table_is_what_sync_generates():
     """README.md's stage table is generated: edited by hand (or stale), this fails."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
