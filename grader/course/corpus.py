@@ -375,6 +375,9 @@ def check(corpus_root: Path, stage_names: list[str] | None = None, *, kind: str 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
+
+    from grader.engine.checks import PROVE_TOLERANCES
+    os.environ.setdefault(PROVE_TOLERANCES, "1")   # proving the suites: their tolerance proofs too
     parser = argparse.ArgumentParser(prog="python -m grader.course.corpus", description=__doc__.split("\n")[0])
     parser.add_argument("corpus", nargs="?", default="tests/corpus", type=Path)
     parser.add_argument("--report", action="store_true", help="grade every buggy entry in full, print costs")
