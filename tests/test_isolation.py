@@ -419,3 +419,21 @@ def _a_dead_pid() -> int:
     child = subprocess.Popen(["/bin/true"])
     child.wait()
     return child.pid
+
+
+def test_a_closed_workers_groups_are_gone(make_submission, session_for):
+    """Closing a worker removes its cgroup in every hierarchy (the pids group used to stay when
+    the kernel still counted the killed task at the first rmdir)."""
+    from grader.worker import cgroups
+
+    if not layers.isolation().cgroups:
+        pytest.skip(f"needs the cgroup layer (this machine: {layers.isolation().summary()})")
+    session = session_for(make_submission({"m.py": "import subprocess\ndef run():\n"
+                                                    "    return subprocess.run(['/bin/true']).returncode\n"}))
+    folders = []
+    for _ in range(5):
+        assert session.request({"op": "import", "module": "m"}) is not None
+        folders += session.worker.group.folders
+        session.discard()
+    left = [f for f in folders if os.path.isdir(f)]
+    assert folders and not left, left

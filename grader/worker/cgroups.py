@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,12 +58,22 @@ class WorkerGroup:
 
         return kill_until_gone(self.procs, timeout)
 
-    def remove(self) -> None:
+    def remove(self, timeout: float = 1.0) -> None:
+        """Remove the group's folders. Right after its last process was killed the kernel may
+        still count it (EBUSY while the exiting task is charged to the pids controller): retry
+        briefly; a folder that stays is removed by the next worker of the same uid (remove_stale)."""
+        deadline = time.monotonic() + timeout
         for folder in self.folders:
-            try:
-                os.rmdir(folder)
-            except OSError:
-                pass
+            while True:
+                try:
+                    os.rmdir(folder)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.005)
 
 
 def version() -> int:
