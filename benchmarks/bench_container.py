@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grader.course.stages import discover, project_root
+from grader.worker import cgroups
 from grader.worker.layers import OFF_VARIABLE
 
 CGROUP = Path("/sys/fs/cgroup")
@@ -117,12 +118,10 @@ class Container:
                 except OSError:
                     pass
             time.sleep(0.1)
-        for top in (self.memory, self.cpu):   # deepest first: the grading's worker groups nest inside
-            for folder in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top]:
-                try:
-                    folder.rmdir()
-                except OSError as exc:
-                    print(f"  could not remove {folder}: {exc}", file=sys.stderr)
+        for top in (self.memory, self.cpu):   # the grading's worker groups nest inside
+            cgroups.remove_tree(top)
+            if top.is_dir():
+                print(f"  could not remove {top}", file=sys.stderr)
 
 
 def grade_in_container(label: str, submission: Path, stage_names: list[str], memory: int, cpus: float,

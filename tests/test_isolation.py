@@ -106,6 +106,17 @@ def rename(name):
     ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)   # PR_SET_NAME
     return True
 
+def daemon(name):
+    """A setsid daemon, double-forked: outside the worker's process group, adopted by the template."""
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            ctypes.CDLL(None).prctl(15, name.encode(), 0, 0, 0)
+            time.sleep(60)
+        os._exit(0)
+    time.sleep(0.2)
+    return True
+
 def sysv_shm():
     libc = ctypes.CDLL(None, use_errno=True)
     return libc.shmget(0, 4096, 0o1000 | 0o600), ctypes.get_errno()
@@ -373,9 +384,7 @@ def test_worker_groups_nest_in_the_graders_own_cgroup(make_submission, tmp_path)
     finally:
         for pid in (outer / "cgroup.procs").read_text().split():
             os.kill(int(pid), 9)
-        time.sleep(0.5)
-        for folder, _, _ in sorted(os.walk(outer), key=lambda entry: -len(entry[0])):   # deepest first
-            os.rmdir(folder)
+        cgroups.remove_tree(outer)
     assert run.returncode == 0, run.stdout + run.stderr
     inside = "/" + str(outer.relative_to(cgroups.ROOT / "memory")) + "/" + cgroups.GROUP + "/"
     assert f"worker in {inside}" in run.stdout, run.stdout
@@ -437,3 +446,22 @@ def test_a_closed_workers_groups_are_gone(make_submission, session_for):
         session.discard()
     left = [f for f in folders if os.path.isdir(f)]
     assert folders and not left, left
+
+
+def test_a_closed_template_leaves_no_daemon(minimal):
+    """Without cgroups, a setsid daemon survives its worker's process-group kill and is adopted
+    by the template: closing the template (the grading process is done) must take it along,
+    not hand it to init (the hostile r06_daemon route once rewrote results.json that way)."""
+    from grader.worker import forks
+
+    name = f"llmgd{os.getpid() % 10000}"
+    assert minimal("daemon", name) is True
+    assert _named(name)
+    forks.template().close()   # no request after the adoption: the template's own kill of strays never ran
+    deadline = time.monotonic() + 5
+    while _named(name) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = _named(name)
+    for pid in left:   # ours, started above: never leave it running, even when the test fails
+        os.kill(pid, 9)
+    assert not left

@@ -76,6 +76,15 @@ class WorkerGroup:
                     time.sleep(0.005)
 
 
+def remove_tree(top: Path | str, timeout: float = 1.0) -> None:
+    """Remove a group made to hold a grading (a job's, a container's, a test's) with the worker
+    groups nested in it, deepest first; what still has processes stays."""
+    top = Path(top)
+    if top.is_dir():
+        nested = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+        WorkerGroup([str(p) for p in [*nested, top]], 1).remove(timeout)
+
+
 def version() -> int:
     """2 for a unified hierarchy at /sys/fs/cgroup, 1 for v1 controllers, 0 for neither."""
     if _is_cgroup2(ROOT):

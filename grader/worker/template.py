@@ -39,6 +39,7 @@ class Template:
         while True:
             message, fds, _flags, _addr = socket.recv_fds(self.control, 1 << 16, 2)
             if not message:
+                self.shutdown()
                 return
             self.reap()
             self.kill_strays()
@@ -68,9 +69,17 @@ class Template:
 
     def kill_strays(self) -> None:
         """SIGKILL every child that is not a worker: orphans of workers, adopted as subreaper."""
-        me = str(os.getpid())
+        for pid in self.children() - self.workers:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def children(self) -> set[int]:
+        """Its live children, from /proc: the workers and whatever it adopted."""
+        me, found = str(os.getpid()), set()
         for entry in os.scandir("/proc"):
-            if not entry.name.isdigit() or int(entry.name) in self.workers:
+            if not entry.name.isdigit():
                 continue
             try:
                 with open(f"/proc/{entry.name}/stat") as stat:
@@ -78,12 +87,23 @@ class Template:
             except (OSError, IndexError):
                 continue
             if ppid == me:
-                try:
-                    os.kill(int(entry.name), signal.SIGKILL)
-                except OSError:
-                    pass
+                found.add(int(entry.name))
+        return found
 
-    def sweep(self, pids: list[int]) -> int:
+    def shutdown(self, timeout: float = 2.0) -> None:
+        """The grading process closed the socket (or is gone): nothing forked from here may outlive
+        the template, whose orphans would go to init. Kill the workers and what it adopted, again
+        as their descendants are adopted in turn (a setsid daemon's parent dies), until no child
+        is left."""
+        self.workers |= self.children()
+        self.sweep(sorted(self.workers), wait=0.2)
+        deadline = time.monotonic() + timeout
+        while self.children() and time.monotonic() < deadline:
+            self.kill_strays()
+            self.reap()
+            time.sleep(0.01)
+
+    def sweep(self, pids: list[int], wait: float = 2.0) -> int:
         """Between two submissions: none of its workers (`pids`) may be left, nor any orphan.
         Kill what is; returns how many of those workers were still alive."""
         left = sorted(self.workers & set(pids))
@@ -97,7 +117,7 @@ class Template:
             except OSError:
                 pass
         for pid in left:
-            self.wait(pid, 2.0)
+            self.wait(pid, wait)
         self.kill_strays()
         return len(left)
 

@@ -33,7 +33,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grader.worker import identity
+from grader import scratch
+from grader.worker import cgroups, identity
 
 from .routes import PARTIAL, ROUTES, hostile_source
 
@@ -478,10 +479,8 @@ def run_level(level: str, root: Path) -> LevelRun:
         for net in nets:
             kill_started(0, net)
             for folder in net or []:
-                try:
-                    folder.rmdir()
-                except OSError:
-                    pass
+                cgroups.remove_tree(folder)   # with the grading's worker groups nested in it
+        scratch.sweep()   # the scratch roots of the grading processes a route killed outright
         remove_marked(run.marker)
         for batch in run.batches:   # where the grader put results it could not write (route 9)
             for path in re.findall(r"written to (/tmp/llmgrade-results-\S+?\.json)", batch.output):

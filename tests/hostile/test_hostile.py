@@ -21,7 +21,10 @@ from . import harness
 from .harness import CONTROL, CONTROL_B, PARTIAL_ID, VICTIM
 from .routes import ROUTES
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+# One xdist process runs this whole module (pyproject: --dist loadgroup): each level's batches are
+# graded once, and never beside another copy of the same level, whose kill-the-grader route
+# would take down the other copy's batches (same uid at the user level).
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600), pytest.mark.xdist_group("hostile")]
 
 LEVELS = ("full", "container", "user")
 
