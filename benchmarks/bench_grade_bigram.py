@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from grader.engine.grade import GradeOptions, grade
 from grader.course.stages import project_root
+from grader.engine.grade import GradeOptions, grade
 
 REPEATS = 3
 

@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from grader.course.stages import discover, project_root
 from grader.engine.grade import GradeOptions, grade
 from grader.engine.results_json import stage_scores
-from grader.course.stages import discover, project_root
 
 EXCLUDED = {"training"}   # its budgeted training run has its own benchmark and target
 

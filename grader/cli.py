@@ -107,8 +107,6 @@ def run() -> None:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if isinstance(exc.code, str):
             print(exc.code, file=sys.stderr)
-    except KeyboardInterrupt:   # LLMGRADE_DEBUG=1 lets exceptions through: keep Python's own exit
-        raise
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         try:

@@ -37,11 +37,11 @@ from grader.engine.banned import expect_own_code_without_banned_apis
 from grader.engine.checks import (CheckFailure, as_scalar, assert_outside, describe, equality_mismatch, expect_close,
                            expect_equal, expect_raises, expect_scalar, expect_sequence, expect_tensor,
                            expect_type, reduction_atol, tensor_mismatch, tolerance, unit_roundoff)
+from grader.course.stages import project_root
 from grader.engine.gpt2 import GPT2_PATTERN, GPT2_SPECIAL_TOKENS, gpt2_encoding, gpt2_ranks
 from grader.engine.hints import add_hint
 from grader.engine.pytest_plugin import load_reference
 from grader.engine.remote import StudentCodeError, backward
-from grader.course.stages import project_root
 from grader.engine.timing import cpu_time, run_time, wall_time
 from grader.worker.fixtures import build as build_fixture
 

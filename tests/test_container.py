@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from grader.engine.results_json import validate
 from grader.course.stages import project_root
+from grader.engine.results_json import validate
 
 BENCH = project_root() / "benchmarks" / "bench_container.py"
 

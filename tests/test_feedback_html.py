@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from grader.workflows.feedback_html import find_curves, mismatch_table, render
 from grader.course import corpus
 from grader.course.stages import project_root
+from grader.workflows.feedback_html import find_curves, mismatch_table, render
 
 
 def _results(tests, **extra):

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from grader.workflows.grade_all import find_submissions, parse_shard, take_shard
 from grader.course import corpus
 from grader.course.stages import project_root
+from grader.workflows.grade_all import find_submissions, parse_shard, take_shard
 from procs import stop
 
 ROOT = project_root()

@@ -13,9 +13,9 @@ import nbformat
 import pytest
 
 from grader.course import corpus
+from grader.course.stages import project_root
 from grader.engine import results_json
 from grader.engine.grade import GradeOptions, grade
-from grader.course.stages import project_root
 
 REFERENCE = (project_root() / "solutions" / "bigram.py").read_text()
 FAST = GradeOptions(stage_names=["bigram"], device="cpu", call_timeout=3.0)

@@ -7,9 +7,9 @@ import pytest
 
 from grader.course import corpus, notebook_build, stages
 
-from grader.workflows import gradebook
 from grader.engine.grade import GradeOptions, grade
 from grader.engine.results_json import write
+from grader.workflows import gradebook
 
 ROOT = stages.project_root()
 REFERENCE = (ROOT / "solutions" / "bigram.py").read_text()

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from grader.engine.results_json import stage_scores, validate
 from grader.course import corpus
 from grader.course.stages import project_root
+from grader.engine.results_json import stage_scores, validate
 
 ROOT = project_root()
 BROKEN_BIGRAM = corpus.module_text("bigram", "no_end_token")   # the end-of-word token is never counted

@@ -9,8 +9,8 @@ ValueError, gets 0 from those probes.
 
 import pytest
 
-from grader.engine.grade import GradeOptions, grade
 from grader.course.stages import project_root
+from grader.engine.grade import GradeOptions, grade
 
 PROBED = ["cross_entropy", "embeddings", "tokenizer"]
 

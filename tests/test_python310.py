@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from grader.engine.results_json import stage_scores
 from grader.course.stages import project_root
+from grader.engine.results_json import stage_scores
 
 ROOT = project_root()
 SOURCES = ("grader", "autograder_tests", "solutions", "assignments")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from grader.course import stages, sync
-from grader.errors import UsageProblem
 from grader.course.scaffold import new_stage
+from grader.errors import UsageProblem
 
 ROOT = stages.project_root()
 KEEP_OUT = shutil.ignore_patterns(".git", ".venv", ".whl", "__pycache__", "*.egg-info", "corpus", "notebooks")

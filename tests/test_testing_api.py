@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import grader.testing as testing
 from grader.engine import checks, pytest_plugin
+import grader.testing as testing
 from grader.testing import CheckFailure, expect_sequence, expect_tensor, expect_type, randint, randn, seeded
 
 ROOT = Path(__file__).resolve().parents[1]

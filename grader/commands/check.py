@@ -15,8 +15,8 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from grader.course import stages
 from grader.commands.common import DEVICE, console, known_stages
+from grader.course import stages
 from grader.engine.results_json import stage_scores
 
 SHORT_LINES = 2   # feedback lines per failed test without --verbose

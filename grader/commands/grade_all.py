@@ -13,8 +13,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TimeRemainingColumn)
 from rich.text import Text
 
-from grader.workflows import gradebook
 from grader.commands.common import CALL_TIMEOUT, Seconds, DEVICE, ISOLATION, console, stage_option
+from grader.workflows import gradebook
 from grader.workflows.grade_all import (DEFAULT_SUBMISSION_TIMEOUT, BatchOptions, Interrupted, Outcome, grade_all, on_sigterm,
                               parse_shard)
 

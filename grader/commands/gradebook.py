@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 from rich.markup import escape
 
-from grader.workflows import gradebook
 from grader.commands.common import console
+from grader.workflows import gradebook
 
 
 @click.command("gradebook")

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from grader.course import autograder_zip
 from grader.commands.common import console, stage_option
+from grader.course import autograder_zip
 
 
 @click.group("gradescope", invoke_without_command=True)

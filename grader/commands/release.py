@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from grader.course import release
 from grader.commands.common import console, stage_option
+from grader.course import release
 
 
 @click.command("release")

@@ -9,8 +9,8 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from grader.course import stages
 from grader.commands.common import DEVICE, ISOLATION, console, stage_option
+from grader.course import stages
 from grader.engine.results_json import GRADER_ERROR, grader_errors, stage_scores
 
 

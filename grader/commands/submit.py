@@ -8,8 +8,8 @@ import click
 from rich.markup import escape
 from rich.table import Table
 
-from grader.course import stages
 from grader.commands.common import console
+from grader.course import stages
 
 
 @click.command("submit")

@@ -56,10 +56,10 @@ from pathlib import Path
 from grader import scratch
 
 from grader.course import stages
+from grader.course.skeleton import _BEGIN, _END
 from grader.engine.banned import imported_modules
 from grader.engine.grade import GradeOptions, grade
 from grader.engine.results_json import grader_errors
-from grader.course.skeleton import _BEGIN, _END
 
 _EXPECT = re.compile(r"^\s*EXPECT:\s*(.+?)\s*$", re.MULTILINE)
 _REQUIRES = re.compile(r"^\s*REQUIRES:\s*(.+?)\s*$", re.MULTILINE)

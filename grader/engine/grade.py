@@ -20,12 +20,11 @@ from typing import Callable
 
 import pytest
 
-from grader.engine import results_json
-from grader.errors import UsageProblem
 from grader import scratch
 from grader.course import stages
-from grader.engine import submissions
+from grader.engine import results_json, submissions
 from grader.engine.pytest_plugin import GradingSession, TestRecord, available_devices
+from grader.errors import UsageProblem
 from grader.worker import forks, identity, layers, namespaces
 from grader.worker.client import WorkerOptions
 from grader.worker.sandbox import DEFAULT_MEMORY_LIMIT
@@ -112,34 +111,22 @@ def _suite(stage: stages.Stage, kind: str) -> Path:
     return stage.hidden_tests if kind == "hidden" else stage.public_tests
 
 
-# Grading reads its records, never pytest's report: no source-quoting tracebacks (native ones
-# format a failure without parsing the test file: 90 ms a failing test), no assertion rewriting
-# (the suites check with grader.testing; a bare assert still names its line: 0.4 s of a cold
-# grading compiling the suites) and none of the plugins
-# that serve a terminal or a test author's workflow (pytest loads ~40 plugins per session).
-_QUIET = ["--assert=plain", *(arg for name in ("doctest", "junitxml", "pastebin", "stepwise", "setuponly",
-                                            "setupplan")
-                           for arg in ("-p", f"no:{name}"))]
-
-
-class _NativeTracebacks:
-    """--tb=native without the terminal plugin that owns the option."""
+class _ReportsWithoutTerminal:
+    """Grading reads its records, never pytest's report (grading runs without the terminal
+    plugin, and pytest_grading.ini turns off the plugins that serve a terminal): failures are
+    formatted as native tracebacks, without parsing the test file's source (90 ms a failing
+    test), and pytest-timeout gets a terminal writer into a buffer nobody reads (it asks for the
+    terminal reporter's when its backstop fires; without one it failed with "assert
+    terminalreporter is not None" instead of stopping the test)."""
 
     @staticmethod
     def pytest_configure(config: pytest.Config) -> None:
+        from _pytest._io import TerminalWriter
+
         config.option.tbstyle = "native"
         if config.pluginmanager.get_plugin("terminalreporter") is None:
-            config.pluginmanager.register(_NoTerminal(), "terminalreporter")
-
-
-class _NoTerminal:
-    """What pytest-timeout writes its stack dump to when the backstop fires (it asks for the
-    terminal reporter's writer; without one its handler failed with "assert terminalreporter is
-    not None" instead of stopping the test): a writer into a buffer nobody reads."""
-
-    def __init__(self):
-        from _pytest._io import TerminalWriter
-        self._tw = TerminalWriter(io.StringIO())
+            terminal = type("NoTerminal", (), {"_tw": TerminalWriter(io.StringIO())})()
+            config.pluginmanager.register(terminal, "terminalreporter")
 
 
 def _run_pytest(paths: list[str], session: GradingSession, test_timeout: float, debug: bool = False) -> None:
@@ -150,7 +137,10 @@ def _run_pytest(paths: list[str], session: GradingSession, test_timeout: float, 
     ini = resources.files("grader.engine").joinpath("pytest_grading.ini")
     args = [*paths, "-c", str(ini), "--rootdir", str(stages.project_root()),
             "-p", "grader.engine.pytest_plugin", "-p", "no:terminal", "--import-mode=importlib",
-            f"--timeout={0 if debug else test_timeout:g}", *(["--capture=no"] if debug else _QUIET)]
+            f"--timeout={0 if debug else test_timeout:g}",
+            # debug: the student's prints; else no assertion rewriting (the suites check with
+            # grader.testing, a bare assert still names its line; compiling them cost a cold grading 0.4 s)
+            "--capture=no" if debug else "--assert=plain"]
     # A hidden suite's own helper modules (sampling_draws.py next to its tests) are importable
     # by name; --import-mode=importlib would not put the folder on sys.path. Name such helpers
     # after their stage: the suites share one sys.modules.
@@ -160,7 +150,7 @@ def _run_pytest(paths: list[str], session: GradingSession, test_timeout: float, 
     try:
         # pytest's own report is not the feedback: the records are (debug: the student's prints and pdb).
         with contextlib.redirect_stdout(sys.stdout if debug else io.StringIO()):
-            pytest.main(args, plugins=[session] if debug else [session, _NativeTracebacks()])
+            pytest.main(args, plugins=[session] if debug else [session, _ReportsWithoutTerminal()])
     finally:
         for folder in folders:
             sys.path.remove(folder)

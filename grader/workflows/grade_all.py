@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Callable
 
 
-from grader.engine import fingerprint
-from grader.engine import results_json
 from grader import scratch
 from grader.course import stages
+from grader.engine import fingerprint, results_json
 
 ERROR_KEY = "llmgrade_error"          # extra_data key of a submission the batch could not grade
 DEFAULT_SUBMISSION_TIMEOUT = 1800.0   # seconds for one whole submission, the backstop

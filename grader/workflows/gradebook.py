@@ -18,8 +18,8 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from grader.engine import results_json
 from grader.course import stages
+from grader.engine import results_json
 from grader.workflows.grade_all import batch_error, load_results
 
 
