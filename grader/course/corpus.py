@@ -168,6 +168,8 @@ def entries(corpus_root: Path, stage_names: list[str] | None = None,
                 short = f"{stage_dir.name}/{path.stem}"
                 if names and not any(fnmatch.fnmatchcase(short, n) for n in names):
                     continue
+                if path.name.startswith((".", "__")):   # __pycache__, editor files
+                    continue
                 if path.suffix in (".py", ".patch") or path.is_dir():
                     found.append(Entry(stage_dir.name, kind, path))
     return found
