@@ -1,5 +1,6 @@
 """The hidden suites are proved on the corpus: every bug loses points, every correct style gets full marks."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -37,7 +38,7 @@ def test_most_bugs_are_patches():
     """A bug reads as a few lines: buggy entries are patches against the reference (or a correct entry)."""
     patches = [e for e in BUGGY if e.is_patch]
     assert len(patches) >= 0.9 * len(BUGGY)
-    assert all(e.base is None or e.base.is_file() for e in patches)
+    assert all(e.base is None or e.base.path.exists() for e in patches)
 
 
 def test_a_patch_that_does_not_apply_fails_loudly(tmp_path, capsys):
@@ -178,3 +179,116 @@ def test_a_folder_entry_takes_its_reference_modules_from_the_references(tmp_path
     assert sorted(p.name for p in out.glob("*.py")) == ["cross_entropy.py", "embeddings.py", "transformer.py"]
     assert (out / "embeddings.py").read_text() == corpus.reference_files("embeddings")["embeddings.py"]
     assert "# BEGIN SOLUTION" not in (out / "embeddings.py").read_text()
+
+
+def _write(root, files: dict[str, str]):
+    """Write `files` (path under root -> text) and return root."""
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+_MINE = '"""STYLE: mine\nREFERENCE_MODULES: embeddings\n"""\nX = 1\n'
+
+
+def test_a_correct_patch_applies_to_a_folder_base_or_a_patch_base(tmp_path):
+    """BASE may name a folder entry (materialised with its REFERENCE_MODULES, not the stage's reference
+    files) or a patch entry (materialised first): the patch applies to that."""
+    two, three = _MINE.replace("X = 1", "X = 2"), _MINE.replace("X = 1", "X = 3")
+    diff = corpus_convert.make_diff
+    root = _write(tmp_path / "corpus", {
+        "transformer/correct/mine/transformer.py": _MINE,
+        "transformer/correct/two.patch": "STYLE: mine, X = 2\nBASE: correct/mine\n\n"
+                                         + diff({"transformer.py": _MINE}, {"transformer.py": two}),
+        "transformer/correct/three.patch": "STYLE: two's, X = 3\nBASE: correct/two\n\n"
+                                           + diff({"transformer.py": two}, {"transformer.py": three}),
+    })
+    two_entry = corpus.find_entry(root, "transformer/correct/two")
+    assert two_entry.base.path == root / "transformer/correct/mine" and two_entry.base.path.is_dir()
+    files = corpus.entry_files(two_entry)
+    assert sorted(files) == ["embeddings.py", "transformer.py"] and "X = 2" in files["transformer.py"]
+    assert files["embeddings.py"] == corpus.reference_files("embeddings")["embeddings.py"]
+    files = corpus.entry_files(corpus.find_entry(root, "transformer/correct/three"))
+    assert sorted(files) == ["embeddings.py", "transformer.py"] and "X = 3" in files["transformer.py"]
+
+
+def _loops_attention(root):
+    """A correct attention entry of `root`'s corpus: a patch against the reference; returns its attention.py."""
+    reference = corpus.reference_files("attention")["attention.py"]
+    loops = reference.replace(".tril()\n", ".tril()  # loops\n", 1)
+    assert loops != reference
+    _write(root, {"attention/correct/loops.patch": "STYLE: loops\n\n" + corpus_convert.make_diff(
+        {"attention.py": reference}, {"attention.py": loops})})
+    return loops
+
+
+def test_entry_modules_take_other_stages_entries_materialised(tmp_path):
+    """ENTRY_MODULES (in a folder's stage module, or a patch's header) writes the named entries'
+    stage modules, materialised, over the base: here a patch entry of the attention stage."""
+    root = tmp_path / "corpus"
+    loops = _loops_attention(root)
+    _write(root, {"transformer/correct/mine/transformer.py":
+                  _MINE.replace("REFERENCE_MODULES: embeddings", "REFERENCE_MODULES: embeddings cross_entropy\n"
+                                "ENTRY_MODULES: attention/correct/loops")})
+    folder = corpus.find_entry(root, "transformer/correct/mine")
+    assert folder.entry_modules == ["attention/correct/loops"]
+    files = corpus.entry_files(folder)
+    assert sorted(files) == ["attention.py", "cross_entropy.py", "embeddings.py", "transformer.py"]
+    assert files["attention.py"] == loops
+    reference = corpus.reference_files("transformer")
+    changed = reference["transformer.py"].replace("import torch\n", "import torch  # patched\n", 1)
+    _write(root, {"transformer/correct/patched.patch": "STYLE: p\nENTRY_MODULES: attention/correct/loops\n\n"
+                  + corpus_convert.make_diff(reference, {**reference, "transformer.py": changed})})
+    files = corpus.entry_files(corpus.find_entry(root, "transformer/correct/patched"))
+    assert files["attention.py"] == loops and files["transformer.py"] == changed
+    assert files["embeddings.py"] == reference["embeddings.py"]
+
+
+def test_a_patch_with_no_diff_is_its_base_and_entry_modules(tmp_path):
+    """A header-only patch is allowed when it names a BASE or ENTRY_MODULES: it is those as they are.
+    One that names neither, or whose hunks lost their `--- a/` start, fails loudly."""
+    root = tmp_path / "corpus"
+    loops = _loops_attention(root)
+    _write(root, {"transformer/correct/mine/transformer.py": _MINE,
+                  "transformer/correct/over.patch": "STYLE: mine over loops\nBASE: correct/mine\n"
+                                                    "ENTRY_MODULES: attention/correct/loops\n"})
+    over = corpus.find_entry(root, "transformer/correct/over")
+    assert not over.has_diff
+    files = corpus.entry_files(over)
+    assert sorted(files) == ["attention.py", "embeddings.py", "transformer.py"]
+    assert files["transformer.py"] == _MINE and files["attention.py"] == loops
+    _write(root, {"transformer/correct/nothing.patch": "STYLE: a header and nothing else\n"})
+    with pytest.raises(corpus.EntryError, match=r"transformer/correct/nothing: its patch has no diff"):
+        corpus.entry_files(corpus.find_entry(root, "transformer/correct/nothing"))
+    hunks = corpus_convert.make_diff({"transformer.py": _MINE}, {"transformer.py": _MINE.replace("X = 1", "X = 2")})
+    _write(root, {"transformer/correct/torn.patch": "STYLE: t\nBASE: correct/mine\n\n"
+                  + hunks[hunks.index("@@"):]})
+    with pytest.raises(corpus.EntryError, match=r"transformer/correct/torn: its patch is malformed"):
+        corpus.entry_files(corpus.find_entry(root, "transformer/correct/torn"))
+
+
+def test_a_bad_base_or_entry_modules_fails_loudly(tmp_path):
+    """A BASE or ENTRY_MODULES that names no entry, an ENTRY_MODULES of the entry's own stage, and a
+    chain that comes back to its entry: materialise raises EntryError naming the entry and the line,
+    and the entry's verdict is a failure with that message."""
+    root = tmp_path / "corpus"
+    _loops_attention(root)
+    _write(root, {"transformer/correct/mine/transformer.py": _MINE,
+                  "transformer/correct/no_base.patch": "STYLE: s\nBASE: correct/missing\n",
+                  "transformer/correct/no_module.patch": "STYLE: s\nBASE: correct/mine\n"
+                                                         "ENTRY_MODULES: attention/correct/lops\n",
+                  "transformer/correct/own_stage.patch": "STYLE: s\nENTRY_MODULES: transformer/correct/mine\n",
+                  "transformer/correct/round_a.patch": "STYLE: s\nBASE: correct/round_b\n",
+                  "transformer/correct/round_b.patch": "STYLE: s\nBASE: correct/round_a\n"})
+    cases = {"no_base": r"no_base: BASE: no corpus entry 'transformer/correct/missing'",
+             "no_module": r"no_module: ENTRY_MODULES: no corpus entry 'attention/correct/lops'",
+             "own_stage": r"own_stage: ENTRY_MODULES: transformer/correct/mine is of its own stage",
+             "round_a": r"transformer/correct/round_a -> transformer/correct/round_b -> "
+                        r"transformer/correct/round_a: BASE / ENTRY_MODULES go round in a circle"}
+    for name, message in cases.items():
+        entry = corpus.find_entry(root, f"transformer/correct/{name}")
+        with pytest.raises(corpus.EntryError, match=message):
+            corpus.materialise(entry, tmp_path / name)
+        verdict = corpus.judge(entry)
+        assert not verdict.ok and re.search(message, verdict.detail)

@@ -2,16 +2,29 @@
 
     tests/corpus/<stage>/buggy/<name>.patch  one plausible student bug each
     tests/corpus/<stage>/correct/<name>.py   a correct solution in another style
+                                             (or <name>.patch, or a folder <name>/)
 
-A buggy entry is a patch against the reference: a header, then a unified diff
-(`--- a/<stage>.py` / `+++ b/<stage>.py`; helper modules as new files) that
+An entry is a patch, a whole file, or a folder. A patch is a header, then a unified
+diff (`--- a/<stage>.py` / `+++ b/<stage>.py`; helper modules as new files) that
 `git apply` applies to the marker-free reference (solutions/<stage>.py and the
 solutions it imports, `# BEGIN/END SOLUTION` lines removed), or, when its header
-says `BASE: correct/<name>`, to that correct entry (bugs written in its style). A
-patch that no longer applies fails its entry. A bug far from the reference stays a whole
-`<name>.py` (or a folder holding one and its helpers), as correct entries do. A folder's
-helpers that are the references of other stages are not copied: its stage module says
-`REFERENCE_MODULES: embeddings attention`, and those come from solutions/, marker-free.
+says `BASE: correct/<name>`, to that entry of its stage as materialised (a file, a
+folder with its helpers, or a patch itself: bugs written in a correct style, a
+correct style written as a change of another). A patch that no longer applies, or
+whose BASE names no entry, fails its entry. Most buggy entries are patches, and so
+are the correct styles that are the reference (or another style) with some bodies
+rewritten; a style far from any stays a whole `<name>.py` (or a folder holding one
+and its helpers). A folder's helpers that are the references of other stages are not
+copied: its stage module says `REFERENCE_MODULES: embeddings attention`, and those
+come from solutions/, marker-free. A folder or a patch takes helpers that are other
+stages' corpus entries with `ENTRY_MODULES: attention/correct/running_sums` (each
+`<stage>/<kind>/<name>`, of another stage): that entry's stage module, materialised,
+is written over the base before the diff applies. A patch with a BASE or ENTRY_MODULES
+may have no diff at all (a header only): the entry is its base with those modules
+(transformer/correct/running_sums is plain_loops' transformer.py over the running-sums
+attention and loss). A patch with neither and no diff, or with hunk lines but no
+`--- a/<file>` start, fails its entry; so does a BASE / ENTRY_MODULES chain that
+comes back to its entry.
 
 The header (a patch's text before its diff, a whole file's docstring) says what
 it is: `BUG: ...` or `STYLE: ...`, and for a bug the hidden tests name,
@@ -39,7 +52,9 @@ failing tests, how many of them name the bug, how many lie outside its PART); th
 second judges entries as tests/test_corpus.py does (benchmarks/gpu_check.sh uses it);
 `--caught-by` runs only each buggy entry's CAUGHT_BY test (seconds an entry);
 `--to-patch` turns whole-file buggy entries into patches (for a new entry: write
-it as a whole copy of the reference, then convert it).
+it as a whole copy of the reference, then convert it). A correct style written as a
+patch is made by hand (corpus_convert.make_diff from the reference's files, or from
+`entry_files(find_entry(...))` of its BASE, to the files it should be).
 """
 
 from __future__ import annotations
@@ -67,12 +82,19 @@ _PART = re.compile(r"^\s*PART:\s*(.+?)\s*$", re.MULTILINE)
 _CAUGHT_BY = re.compile(r"^\s*CAUGHT_BY:\s*(.+?)\s*$", re.MULTILINE)
 _LOSES = re.compile(r"^\s*LOSES:\s*(.+?)\s*$", re.MULTILINE)
 _REFERENCE_MODULES = re.compile(r"^\s*REFERENCE_MODULES:\s*(.+?)\s*$", re.MULTILINE)
+_ENTRY_MODULES = re.compile(r"^\s*ENTRY_MODULES:\s*(.+?)\s*$", re.MULTILINE)
 _BASE = re.compile(r"^\s*BASE:\s*(.+?)\s*$", re.MULTILINE)
 _DIFF_START = re.compile(r"^(--- |diff --git )", re.MULTILINE)
+_DIFF_LINE = re.compile(r"^(@@ |\+\+\+ |index [0-9a-f]+\.\.|(new|deleted) file mode )", re.MULTILINE)
 
 
-class PatchError(RuntimeError):
-    """A buggy entry's patch does not apply to the reference (the reference changed)."""
+class EntryError(RuntimeError):
+    """An entry cannot be written out: its BASE or ENTRY_MODULES names no entry (or goes round in
+    a circle), or its patch has no diff where it needs one."""
+
+
+class PatchError(EntryError):
+    """An entry's patch does not apply to its base (the reference, or the entry BASE names, changed)."""
 
 
 @dataclass
@@ -129,10 +151,23 @@ class Entry:
         return (self._line(_REFERENCE_MODULES) or "").replace(",", " ").split() if self.path.is_dir() else []
 
     @property
-    def base(self) -> Path | None:
-        """A patch made against a correct entry (`BASE: correct/naive_recount`), not the reference."""
+    def entry_modules(self) -> list[str]:
+        """Modules a folder or patch entry takes from entries of other stages, each that entry's stage
+        module as materialised (`ENTRY_MODULES: attention/correct/running_sums`)."""
+        names = (self._line(_ENTRY_MODULES) or "").replace(",", " ").split()
+        return names if self.path.is_dir() or self.is_patch else []
+
+    @property
+    def base(self) -> Entry | None:
+        """The entry a patch is made against (`BASE: correct/naive_recount`, an entry of its stage:
+        a file, a folder or a patch), not the reference. EntryError when it names no entry."""
         base = self._line(_BASE) if self.is_patch else None
-        return self.path.parent.parent / f"{base}.py" if base else None
+        return find_entry(self.path.parent.parent.parent, f"{self.stage}/{base}", self, "BASE") if base else None
+
+    @property
+    def has_diff(self) -> bool:
+        """Whether a patch holds a diff (one with none is its BASE and ENTRY_MODULES as they are)."""
+        return self.is_patch and _DIFF_START.search(self.path.read_text(encoding="utf-8")) is not None
 
     @property
     def part(self) -> list[str]:
@@ -175,6 +210,21 @@ def entries(corpus_root: Path, stage_names: list[str] | None = None,
     return found
 
 
+def find_entry(corpus_root: Path, name: str, by: Entry | None = None, line: str = "") -> Entry:
+    """The entry `<stage>/<kind>/<name>` of the corpus (`<name>.py`, `<name>.patch` or a folder);
+    EntryError, naming `by` and its header `line`, when there is none."""
+    parts = name.split("/")
+    if len(parts) == 3 and all(parts):
+        stage, kind, stem = parts
+        folder = Path(corpus_root) / stage / kind
+        for path in (folder / f"{stem}.py", folder / f"{stem}.patch", folder / stem):
+            if path.is_file() if path.suffix in (".py", ".patch") else path.is_dir():
+                return Entry(stage, kind, path)
+    who = f"{by.name}: {line}: " if by else ""
+    raise EntryError(f"{who}no corpus entry {name!r} (no {name}.py, {name}.patch or folder {name}/ "
+                     f"under {corpus_root})")
+
+
 def reference_files(stage: str, root: Path | None = None) -> dict[str, str]:
     """The reference submission for `stage`: file name -> text of solutions/<stage>.py and of the
     solutions it imports (transitively), with the solution marker lines removed."""
@@ -190,45 +240,83 @@ def reference_files(stage: str, root: Path | None = None) -> dict[str, str]:
     return files
 
 
-def apply_patch(patch: Path, folder: Path, name: str = "") -> None:
-    """Apply `patch` to the files in `folder` with `git apply` (exact: no fuzz); PatchError if it fails."""
+def apply_patch(patch: Path, folder: Path, name: str = "", onto: str = "the reference") -> None:
+    """Apply `patch` to the files in `folder` (`onto`: what they are) with `git apply` (exact: no fuzz);
+    PatchError if it fails."""
     folder = Path(folder).resolve()
     env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(folder.parent)}   # never the repository around it
     run = subprocess.run(["git", "apply", "--whitespace=nowarn", str(Path(patch).resolve())],
                          cwd=folder, env=env, capture_output=True, text=True)
     if run.returncode:
-        raise PatchError(f"{name or patch}: its patch no longer applies to the reference: "
+        raise PatchError(f"{name or patch}: its patch no longer applies to {onto}: "
                          f"{(run.stderr or run.stdout).strip()}")
 
 
-def materialise(entry: Entry, folder: Path) -> Path:
-    """Write the entry's submission files into `folder` (made if missing): a whole file or folder
-    as it is, a patch applied to the marker-free reference. Returns `folder`."""
+def materialise(entry: Entry, folder: Path, _chain: tuple[str, ...] = ()) -> Path:
+    """Write the entry's submission files into `folder` (made if missing) and return `folder`:
+    a whole file or folder as it is (a folder with its REFERENCE_MODULES, then its ENTRY_MODULES);
+    a patch applied to its base (the marker-free reference, or the entry BASE names, materialised)
+    once its ENTRY_MODULES are written over that base. EntryError (PatchError when a patch does not
+    apply) when the entry cannot be written out."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if entry.name in _chain:
+        raise EntryError(f"{' -> '.join((*_chain, entry.name))}: BASE / ENTRY_MODULES go round in a circle")
+    chain = (*_chain, entry.name)
     if entry.path.is_dir():
         shutil.copytree(entry.path, folder, dirs_exist_ok=True)
         for module in entry.reference_modules:   # helpers it uses as the reference wrote them
             (folder / f"{module}.py").write_text(reference_files(module)[f"{module}.py"], encoding="utf-8")
+        _write_entry_modules(entry, folder, chain)
     elif entry.is_patch:
-        for file_name, text in reference_files(entry.stage).items():
-            (folder / file_name).write_text(text, encoding="utf-8")
-        if entry.base:
-            shutil.copy(entry.base, folder / f"{entry.stage}.py")
-        apply_patch(entry.path, folder, entry.name)
+        base = entry.base
+        if base:
+            materialise(base, folder, chain)
+        else:
+            for file_name, text in reference_files(entry.stage).items():
+                (folder / file_name).write_text(text, encoding="utf-8")
+        _write_entry_modules(entry, folder, chain)
+        if entry.has_diff:
+            apply_patch(entry.path, folder, entry.name, f"its BASE {base.name}" if base else "the reference")
+        elif _DIFF_LINE.search(entry.path.read_text(encoding="utf-8")):
+            raise EntryError(f"{entry.name}: its patch is malformed: diff lines without the diff's "
+                             f"'--- a/<file>' start")
+        elif not (base or entry.entry_modules):
+            raise EntryError(f"{entry.name}: its patch has no diff (only one with a BASE or "
+                             f"ENTRY_MODULES may have none: then it is those, as they are)")
     else:
         shutil.copy(entry.path, folder / f"{entry.stage}.py")
     return folder
 
 
+def _write_entry_modules(entry: Entry, folder: Path, chain: tuple[str, ...]) -> None:
+    """Write over `folder` the stage module of each entry the header's ENTRY_MODULES names
+    (`attention/correct/running_sums` writes that entry's attention.py, materialised)."""
+    import tempfile
+    for name in entry.entry_modules:
+        other = find_entry(entry.path.parent.parent.parent, name, entry, "ENTRY_MODULES")
+        if other.stage == entry.stage:
+            raise EntryError(f"{entry.name}: ENTRY_MODULES: {name} is of its own stage (its stage "
+                             f"module is the entry itself; a patch says BASE: {other.kind}/{other.path.stem})")
+        with tempfile.TemporaryDirectory() as tmp:
+            module = materialise(other, Path(tmp), chain) / f"{other.stage}.py"
+            shutil.copy(module, folder / f"{other.stage}.py")
+
+
+def entry_files(entry: Entry) -> dict[str, str]:
+    """The entry's submission as file name -> text (materialised in a scratch folder)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = materialise(entry, Path(tmp))
+        return {p.name: p.read_text(encoding="utf-8") for p in sorted(folder.iterdir()) if p.is_file()}
+
+
 def module_text(stage: str, name: str, kind: str = "buggy", corpus_root: Path | None = None) -> str:
     """The stage module a submission of entry tests/corpus/<stage>/<kind>/<name> holds (for tests
     that use a corpus bug as a ready-made wrong submission)."""
-    import tempfile
     root = Path(corpus_root or stages.project_root() / "tests" / "corpus")
     [entry] = [e for e in entries(root, [stage], [f"{stage}/{name}"]) if e.kind == kind]
-    with tempfile.TemporaryDirectory() as tmp:
-        return (materialise(entry, Path(tmp)) / f"{stage}.py").read_text(encoding="utf-8")
+    return entry_files(entry)[f"{stage}.py"]
 
 
 def judge(entry: Entry, options: GradeOptions | None = None, *, full: bool = False) -> Verdict:
@@ -254,7 +342,7 @@ def judge(entry: Entry, options: GradeOptions | None = None, *, full: bool = Fal
     folder = scratch.mkdtemp("llmgrade-corpus-")
     try:
         results = grade(materialise(entry, folder / "submission"), options)
-    except PatchError as error:
+    except EntryError as error:
         return Verdict(entry, 0.0, 0.0, False, str(error), [] if full else None, {})
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -4,7 +4,7 @@ Write a new bug as a whole copy of the reference (solutions/<stage>.py without i
 solution markers) with a docstring holding BUG:/EXPECT:/PART:/REQUIRES:, then convert
 it: CAUGHT_BY is taken from a real grading (the first hidden test that catches and
 names the bug), and the patch is made against the reference or, when that is much
-closer, one of the stage's correct entries (`BASE: correct/<name>`).
+closer, one of the stage's correct entries (`BASE: correct/<name>`, whatever its form).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 
 from grader.course import stages
-from grader.course.corpus import Entry, entries, judge, reference_files
+from grader.course.corpus import Entry, entries, entry_files, find_entry, judge, reference_files
 from grader.engine.grade import GradeOptions
 
 
@@ -53,10 +53,10 @@ def to_patch(entry: Entry, caught_by: str, *, base: str | None = None, most: flo
     and `CAUGHT_BY:` as the header, then the diff from the marker-free reference to the entry
     with its docstring replaced by the reference's. None when the diff changes more than `most`
     of the stage module's lines (the entry is not close to the reference: it stays whole).
-    `base` ("correct/naive_recount"): the diff is made against that correct entry instead."""
-    before = reference_files(entry.stage)
-    if base:
-        before[f"{entry.stage}.py"] = (entry.path.parent.parent / f"{base}.py").read_text(encoding="utf-8")
+    `base` ("correct/naive_recount"): the diff is made against that correct entry (a file, a folder
+    or a patch, materialised) instead."""
+    root = entry.path.parent.parent.parent
+    before = entry_files(find_entry(root, f"{entry.stage}/{base}")) if base else reference_files(entry.stage)
     after = dict(before)
     if entry.path.is_dir():
         for name in before:
@@ -94,7 +94,8 @@ def convert(entry: Entry, options: GradeOptions | None = None) -> Path | None:
     if not verdict.first_named:
         return None
     caught_by = node_id(entry.stage, verdict.first_named)
-    bases = [None] + [f"correct/{p.stem}" for p in sorted((entry.path.parent.parent / "correct").glob("*.py"))]
+    bases = [None] + [f"correct/{e.path.stem}" for e in entries(entry.path.parent.parent.parent, [entry.stage])
+                      if e.kind == "correct"]
     texts = sorted((len(text), text) for text in (to_patch(entry, caught_by, base=b) for b in bases) if text)
     if not texts:
         return None
