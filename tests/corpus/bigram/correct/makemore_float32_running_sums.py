@@ -67,15 +67,13 @@ def sample(probs, itos, n, generator, max_len=50):
         raise ValueError("max_len must be >= 1")
     out = []
     for _ in range(n):
+        chars = []
         ix = 0
-        word = ""
-        while True:
+        while len(chars) < max_len:
             p = probs[ix]
             ix = torch.multinomial(p, num_samples=1, replacement=True, generator=generator).item()
             if ix == 0:
                 break
-            word += itos[ix]
-            if len(word) == max_len:
-                break
-        out.append(word)
+            chars.append(itos[ix])
+        out.append("".join(chars))
     return out
