@@ -44,6 +44,17 @@ def student_run(student, device, config, seed=0, record_steps=0, parts: Parts = 
     return expect_type(result, dict, what="train(...)"), model
 
 
+def recorded_run(student, device, config, parts: Parts, what: str, at_least: int):
+    """student_run recording the gradients of the first 2 optimizer steps: (result, remote model,
+    [the flat gradient at each step seen]); CheckFailure when fewer than `at_least` steps were seen."""
+    result, model = student_run(student, device, config, record_steps=2, parts=parts)
+    seen = model.step_grads
+    if len(seen) < at_least:
+        raise CheckFailure(f"{what}: expected {at_least} optimizer step{'s' if at_least > 1 else ''} over "
+                           f"the model's parameters (optimizer.step() on an optimizer over them), saw {len(seen)}")
+    return result, model, seen
+
+
 def upstream(student, reference, device, config, seed=0, **which) -> Parts:
     """The student's lr_at / get_batch / configure_optimizer as this run uses them (ECF)."""
     c = dict(EXACT_CONFIG, **config)
@@ -218,10 +229,7 @@ def test_train_accumulation(student, reference, device):
     config = config_for(device, grad_accum_steps=4, max_steps=2, grad_clip=1e6)
     what = "train(TinyGPT, grad_accum_steps=4, batch 4, no clipping)"
     parts = upstream(student, reference, device, config)
-    result, model = student_run(student, device, config, record_steps=2, parts=parts)
-    seen = model.step_grads
-    if len(seen) < 1:
-        raise CheckFailure(f"{what}: optimizer.step() was never called on an optimizer over the model's parameters")
+    result, model, seen = recorded_run(student, device, config, parts, what, at_least=1)
     got_losses = losses_of(result, what)
     w0 = flat(local_model(device).state_dict())
     got_update = update(model.state_dict(), w0)
@@ -259,10 +267,7 @@ def test_train_clipping(student, reference, device):
     config = config_for(device, grad_clip=0.05, max_steps=2)
     what = "train(TinyGPT, grad_clip=0.05)"
     parts = upstream(student, reference, device, config)
-    _, model = student_run(student, device, config, record_steps=2, parts=parts)
-    seen = model.step_grads
-    if len(seen) < 2:
-        raise CheckFailure(f"{what}: expected 2 optimizer steps over the model's parameters, saw {len(seen)}")
+    _, model, seen = recorded_run(student, device, config, parts, what, at_least=2)
     for step in range(2):
         norm = flat(seen[step]).norm().item()
         if norm > 0.05 * 1.001:

@@ -343,34 +343,32 @@ def pool_processes() -> dict[int, str]:
     return found
 
 
-def files_marked(marker: str) -> list[str]:
-    found = []
+def _shared_paths():
+    """Every path in the shared folders (/tmp, /dev/shm, ...), two levels deep at most."""
     for folder in SHARED:
         for root, dirs, files in os.walk(folder):
             if root.count(os.sep) - folder.count(os.sep) >= 2:
                 dirs[:] = []
             for name in dirs + files:
-                if marker in name and "-shared" not in name:
-                    found.append(os.path.join(root, name))
-    return found
+                yield os.path.join(root, name)
+
+
+def files_marked(marker: str) -> list[str]:
+    return [path for path in _shared_paths()
+            if marker in os.path.basename(path) and "-shared" not in os.path.basename(path)]
 
 
 def files_of_pool(before: set[str]) -> list[str]:
     found = []
-    for folder in SHARED:
-        for root, dirs, files in os.walk(folder):
-            if root.count(os.sep) - folder.count(os.sep) >= 2:
-                dirs[:] = []
-            for name in dirs + files:
-                path = os.path.join(root, name)
-                if path.startswith("/tmp/llmgrade-"):   # work roots: the grader's, and other runs' live ones
-                    continue
-                try:
-                    uid = os.lstat(path).st_uid
-                except OSError:
-                    continue
-                if uid in POOL and path not in before:
-                    found.append(path)
+    for path in _shared_paths():
+        if path.startswith("/tmp/llmgrade-"):   # work roots: the grader's, and other runs' live ones
+            continue
+        try:
+            uid = os.lstat(path).st_uid
+        except OSError:
+            continue
+        if uid in POOL and path not in before:
+            found.append(path)
     return found
 
 

@@ -72,6 +72,55 @@ def _child(body, seconds):
         _os._exit(0)
     return pid
 
+
+def _grader_pids(skip):
+    """Pids (not in skip) whose command line says they grade: what an attacker would go after."""
+    found = []
+    for name in _os.listdir("/proc"):
+        if not name.isdigit() or int(name) in skip:
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmd = f.read()
+        except OSError:
+            continue
+        if b"llmgrade" in cmd or b"grade" in cmd:
+            found.append(int(name))
+    return found
+
+
+_REFUSED = object()
+
+
+def _attempt(how, action, *args):
+    """action(*args), or _REFUSED (and a note saying so) when it raises."""
+    try:
+        return action(*args)
+    except BaseException as exc:
+        _note(how, "refused:", _err(exc))
+        return _REFUSED
+
+
+def _steal(read, how):
+    """read() the reference's source some way and use it."""
+    src = _attempt(how, read)
+    if src is not _REFUSED:
+        _use(src, how)
+
+
+def _read_with(argv, how):
+    """Start a program that prints the reference's source (a child interpreter, /bin/cat)."""
+    import subprocess
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except BaseException as exc:
+        _note(how, "refused:", _err(exc))
+        return
+    if done.returncode == 0 and "def " in done.stdout:
+        _use(done.stdout, how)
+    else:
+        _note(how, "failed:", done.returncode, done.stderr[-200:])
+
 '''
 
 ROUTES: dict[str, str] = {}
@@ -96,73 +145,25 @@ _attack()
 '''
 
 ROUTES["r02_child_python"] = r'''
-import subprocess as _subprocess
-
-def _attack():
-    try:
-        done = _subprocess.run([_sys.executable, "-c", f"print(open({_REF!r}).read())"],
-                               capture_output=True, text=True, timeout=20)
-    except BaseException as exc:
-        _note("child interpreter refused:", _err(exc))
-        return
-    if done.returncode == 0 and "def " in done.stdout:
-        _use(done.stdout, "child interpreter")
-    else:
-        _note("child interpreter failed:", done.returncode, done.stderr[-200:])
-
-_attack()
+_read_with([_sys.executable, "-c", f"print(open({_REF!r}).read())"], "child interpreter")
 '''
 
 ROUTES["r03_bin_cat"] = r'''
-import subprocess as _subprocess
-
-def _attack():
-    try:
-        done = _subprocess.run(["/bin/cat", _REF], capture_output=True, text=True, timeout=20)
-    except BaseException as exc:
-        _note("/bin/cat refused:", _err(exc))
-        return
-    if done.returncode == 0 and "def " in done.stdout:
-        _use(done.stdout, "/bin/cat")
-    else:
-        _note("/bin/cat failed:", done.returncode, done.stderr[-200:])
-
-_attack()
+_read_with(["/bin/cat", _REF], "/bin/cat")
 '''
 
 ROUTES["r04_dir_fd"] = r'''
-def _attack():
-    try:
-        root = _os.open("/", _os.O_RDONLY)
-        fd = _os.open(_REF.lstrip("/"), _os.O_RDONLY, dir_fd=root)
-        with open(fd, "r", closefd=True) as f:
-            src = f.read()
-    except BaseException as exc:
-        _note("dir_fd open refused:", _err(exc))
-        return
-    _use(src, "os.open(relative, dir_fd=/)")
+def _open_relative():
+    root = _os.open("/", _os.O_RDONLY)
+    with open(_os.open(_REF.lstrip("/"), _os.O_RDONLY, dir_fd=root), "r", closefd=True) as f:
+        return f.read()
 
-_attack()
+_steal(_open_relative, "os.open(relative, dir_fd=/)")
 '''
 
 ROUTES["r05_proc_mem"] = r'''
-def _candidates():
-    found = []
-    for name in _os.listdir("/proc"):
-        if not name.isdigit() or int(name) == _os.getpid():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if b"llmgrade" in cmd or b"grade" in cmd:
-            found.append(int(name))
-    return found
-
-
 def _attack():
-    pids = _candidates()
+    pids = _grader_pids(skip=(_os.getpid(),))
     _note("candidate pids:", len(pids))
     needles = (b"LLMGRADE-CANARY", b"def bigram_counts(")
     deadline = _time.monotonic() + 6
@@ -255,17 +256,9 @@ ROUTES["r07_kill_grader"] = r'''
 def _attack():
     me, parent = _os.getpid(), _os.getppid()
     hit = []
-    for name in _os.listdir("/proc"):
-        if not name.isdigit() or int(name) in (me, 1):
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                cmd = f.read()
-        except OSError:
-            continue
-        if b"llmgrade" in cmd or b"grade" in cmd:
-            r = _libc.kill(int(name), 9)
-            hit.append((int(name), r if r == 0 else -_ctypes.get_errno()))
+    for pid in _grader_pids(skip=(me, 1)):
+        r = _libc.kill(pid, 9)
+        hit.append((pid, r if r == 0 else -_ctypes.get_errno()))
     _note("kill results (pid, 0 or -errno):", hit)
 
 _attack()
@@ -311,29 +304,20 @@ _attack()
 ROUTES["r09_results_dir"] = r'''
 _RESULTS = $RESULTS
 
-def _attack():
-    try:
-        _os.makedirs(_RESULTS)
-        _note("made a directory at its results path")
-    except OSError as exc:
-        _note("mkdir at its results path refused:", _err(exc))
-
-_attack()
+if _attempt("mkdir at its results path", _os.makedirs, _RESULTS) is not _REFUSED:
+    _note("made a directory at its results path")
 '''
 
 ROUTES["r10_plant_files"] = r'''
 _TARGETS = $PLANTS
 
-def _attack():
-    for path, text in _TARGETS:
-        try:
-            with open(path, "w") as f:
-                f.write(text)
-            _note("PLANTED", path)
-        except OSError as exc:
-            _note("planting refused:", _err(exc))
+def _plant(path, text):
+    with open(path, "w") as f:
+        f.write(text)
 
-_attack()
+for _path, _text in _TARGETS:
+    if _attempt("planting", _plant, _path, _text) is not _REFUSED:
+        _note("PLANTED", _path)
 '''
 
 ROUTES["r11_leftovers"] = r'''
@@ -368,16 +352,11 @@ _attack()
 ROUTES["r12_other_copy"] = r'''
 _OTHER = $OTHER
 
-def _attack():
-    try:
-        with open(_OTHER) as f:
-            src = f.read()
-    except OSError as exc:
-        _note("other copy refused:", _err(exc))
-        return
-    _use(src, "another copy of the course")
+def _read_other():
+    with open(_OTHER) as f:
+        return f.read()
 
-_attack()
+_steal(_read_other, "another copy of the course")
 '''
 
 ROUTES["r13_fork_bomb"] = r'''
