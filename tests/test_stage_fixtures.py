@@ -49,3 +49,28 @@ def test_a_clash_or_a_broken_file_is_named(tmp_path, clean_registry):
     message = str(error.value)
     assert "fixtures_b.py: ValueError: fixture 'Box' is declared by another stage's file too" in message
     assert "fixtures_c.py: NameError" in message and "fixtures_d.py: TypeError: it declares no FIXTURES" in message
+
+
+def test_a_stage_preload_is_imported_by_the_template_before_that_stage_s_first_worker(
+        tmp_path, make_submission, session_for, monkeypatch):
+    """fixtures_<stage>.py's PRELOAD: the template imports those modules before it forks the
+    stage's first worker (which then has them without importing), and not for another stage."""
+    from grader.worker import forks
+
+    toy = write(tmp_path, "fixtures_toy.py", "FIXTURES = {}\nPRELOAD = ('tabnanny',)\n")
+    monkeypatch.setattr(forks, "_fixture_files", lambda: [toy])
+    monkeypatch.setattr(forks, "_template", None)   # a template of this test's own, with this file
+    folder = make_submission({"m.py": "import sys\n\ndef loaded(name):\n    return name in sys.modules\n"})
+
+    def worker_has(stage: str) -> bool:
+        session = session_for(folder, stage=stage)
+        fn = session.request({"op": "ref", "target": session.request({"op": "import", "module": "m"}),
+                              "name": "loaded"})
+        return session.request({"op": "call", "target": fn, "args": ["tabnanny"], "kwargs": {}, "backward": None})
+
+    try:
+        assert worker_has("other") is False   # another stage's worker: not imported for it
+        assert worker_has("toy") is True
+        assert worker_has("other") is True    # imported once, every later fork shares it
+    finally:
+        forks.running().close()

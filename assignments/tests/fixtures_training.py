@@ -15,6 +15,10 @@ from torch import nn
 from torch.nn import functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
+# An optimizer's first step imports torch._dynamo (0.6-1.1 s): the template imports it once,
+# before this stage's first worker, instead of each worker (grader/worker/fixtures.py).
+PRELOAD = ("torch._dynamo",)
+
 
 class TinyGPT(nn.Module):
     """A small GPT built only from torch built-ins, for grading training loops.

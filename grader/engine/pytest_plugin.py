@@ -21,7 +21,7 @@ import importlib
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -256,7 +256,8 @@ class GradingSession:
             if self.in_process:
                 self._remotes[stage] = LocalSubmission(self.submission.root)
             else:
-                session = WorkerSession(self.submission.root, self.worker_options, self.call_timeout)
+                options = replace(self.worker_options, stage=stage)
+                session = WorkerSession(self.submission.root, options, self.call_timeout)
                 self.worker_sessions.append(session)
                 self._remotes[stage] = RemoteSubmission(session, self.submission.problems,
                                                         banned_apis=stage_banned_apis(stage),

@@ -64,6 +64,7 @@ class WorkerOptions:
     seed: int = 0
     threads: int = 1
     isolation: str = "auto"           # auto | strict (see layers.py)
+    stage: str = ""                   # the stage whose tests it serves (its fixture file's PRELOAD)
 
 
 class WorkerProcess:
@@ -127,7 +128,7 @@ class WorkerProcess:
         self.resp_r, resp_w = os.pipe()
         self.template = template()
         try:
-            self.pid = self.template.fork(config, [req_r, resp_w])
+            self.pid = self.template.fork(config, [req_r, resp_w], options.stage)
         except TemplateStopped as exc:
             raise WorkerFailure(str(exc)) from None
         finally:

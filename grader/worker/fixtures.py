@@ -14,6 +14,12 @@ a module with a dict `FIXTURES` of name -> class (or function). The template pro
 loads every stage's file before it forks any worker, so workers never read course
 files; the grading process loads them the first time a test builds one. Fixtures are
 small and deterministic.
+
+A stage file may also say which modules its workers use that torch imports only on first
+use, and slowly: `PRELOAD = ("torch._dynamo",)` (an optimizer's first step imports it: 0.6-1.1 s).
+The template imports them once, before it forks that stage's first worker, so that each
+worker shares them instead of importing them itself, and a grading without that stage never
+pays for them.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from typing import Any, Callable
 
 _FACTORIES: dict[str, Callable[..., Any]] = {}   # fixture name -> class or function
 _LOADED: dict[str, str] = {}                      # fixture file -> "" once loaded, or why it failed
+_PRELOADS: dict[str, tuple[str, ...]] = {}        # stage -> the modules its file's PRELOAD names
 
 
 def stage_files(root: Path | None = None) -> list[str]:
@@ -40,7 +47,8 @@ def load(paths: list[str]) -> None:
     for path in paths:
         if path in _LOADED:
             continue
-        name = "llmgrade_fixtures_" + Path(path).stem.removeprefix("fixtures_")
+        stage = Path(path).stem.removeprefix("fixtures_")
+        name = "llmgrade_fixtures_" + stage
         try:
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)
@@ -53,9 +61,15 @@ def load(paths: list[str]) -> None:
             if clash:
                 raise ValueError(f"fixture {clash[0]!r} is declared by another stage's file too")
             _FACTORIES.update(declared)
+            _PRELOADS[stage] = tuple(str(m) for m in getattr(module, "PRELOAD", ()))
             _LOADED[path] = ""
         except Exception as exc:  # noqa: BLE001 -- a course file's fault, told when it matters
             _LOADED[path] = f"{type(exc).__name__}: {exc}"
+
+
+def preloads(stage: str) -> tuple[str, ...]:
+    """The modules the stage's fixture file asks the template to import before its first worker."""
+    return _PRELOADS.get(stage, ())
 
 
 def build(name: str, args: list, kwargs: dict, *, load_missing: bool = True) -> Any:

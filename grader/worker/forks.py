@@ -63,10 +63,11 @@ class Template:
             raise TemplateStopped("the worker template process has stopped")
         return json.loads(reply)
 
-    def fork(self, config: sandbox.SandboxConfig, fds: list[int]) -> int:
+    def fork(self, config: sandbox.SandboxConfig, fds: list[int], stage: str = "") -> int:
         # The stages' fixture files: the template loads them (once) before it forks; the worker's
-        # config never holds course paths.
-        return self.ask({"op": "fork", "config": asdict(config), "fixture_files": _fixture_files()}, fds)["pid"]
+        # config never holds course paths. `stage`: whose PRELOAD modules the worker needs.
+        return self.ask({"op": "fork", "config": asdict(config), "fixture_files": _fixture_files(),
+                         "stage": stage}, fds)["pid"]
 
     def exit_code(self, pid: int, timeout: float = 5.0) -> int | None:
         return self.ask({"op": "wait", "pid": pid, "timeout": timeout})["code"]

@@ -19,6 +19,7 @@ import gc
 import importlib
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -35,8 +36,13 @@ class Template:
         self.ended: dict[int, int] = {}   # pid -> exit code (negative: killed by that signal)
         self.workers: set[int] = set()    # live workers it forked
 
-    def run(self) -> None:
+    def run(self, preloads: list[str] = ()) -> None:
+        """Serve requests until the grading process closes the socket. `preloads` are imported
+        one at a time whenever no request is waiting: the first fork is not held up by them."""
+        preloads = list(preloads)
         while True:
+            while preloads and not select.select([self.control], [], [], 0)[0]:
+                preload(preloads.pop(0))
             message, fds, _flags, _addr = socket.recv_fds(self.control, 1 << 16, 2)
             if not message:
                 self.shutdown()
@@ -46,6 +52,9 @@ class Template:
             request = json.loads(message)
             if request["op"] == "fork":
                 fixtures.load(request.get("fixture_files") or [])   # once each: every later fork has them
+                for name in fixtures.preloads(request.get("stage", "")):
+                    if name not in sys.modules:
+                        preload(name)
                 self.reply({"pid": self.fork(request["config"], fds)})
             elif request["op"] == "wait":
                 self.reply({"code": self.wait(request["pid"], request["timeout"])})
@@ -144,17 +153,21 @@ class Template:
 
 
 # Modules torch imports on first use that a worker would otherwise import itself: autograd's
-# backward imports symbolic_shapes (sympy: 0.5 s, 35 MB), an optimizer's first step torch._dynamo
-# (1.1 s, 36 MB). Imported here once, they are shared by every fork instead of paid by each.
-PRELOAD = ("torch.fx.experimental.symbolic_shapes", "torch._dynamo")
+# backward imports symbolic_shapes (sympy: 0.25-0.5 s, 35 MB), which most stages use. Imported
+# here once, it is shared by every fork instead of paid by each; imported while no request waits
+# (after the first fork), it stays off a cold grading's start. A stage whose workers need another
+# (training's optimizers: torch._dynamo, 0.6-1.1 s) names it in its fixture file's PRELOAD: it is
+# imported before that stage's first fork, and never by a grading without that stage.
+PRELOAD = ("torch.fx.experimental.symbolic_shapes",)
 
 
-def preload() -> None:
-    for name in PRELOAD:
-        try:
-            importlib.import_module(name)
-        except Exception:  # noqa: BLE001 -- an older torch without it: the worker imports what it needs
-            pass
+def preload(name: str) -> None:
+    try:
+        importlib.import_module(name)
+    except Exception:  # noqa: BLE001 -- an older torch without it: the worker imports what it needs
+        pass
+    gc.collect()
+    gc.freeze()   # see main(): the new objects, too, are shared by later forks, never visited
 
 
 def main() -> None:
@@ -166,7 +179,6 @@ def main() -> None:
     fixture_files = json.loads(sys.stdin.readline() or "[]")   # the line after grader's path
     sys.stdin = open(os.devnull)
     control = socket.socket(fileno=int(sys.argv[1]))
-    preload()
     fixtures.load(fixture_files)   # GPT-2's ranks, the training models: shared by every fork
     # Every fork shares the template's pages until it writes to them. The cyclic collector
     # writes to the header of every object it visits, so a worker's first collection would
@@ -174,7 +186,7 @@ def main() -> None:
     # never visited. Reference counts still copy the pages of the objects a worker uses.
     gc.collect()
     gc.freeze()
-    Template(control).run()
+    Template(control).run(PRELOAD)
     # The grading process closed the socket: leave without the interpreter's teardown (with torch,
     # sympy and dynamo loaded it takes most of a second, which the grading process waits for).
     os._exit(0)
