@@ -1,6 +1,7 @@
 """The worker protocol and its failure modes, driven directly through WorkerSession."""
 
 import os
+import time
 
 import pytest
 import torch
@@ -129,6 +130,21 @@ def test_failures_cost_one_call_and_a_fresh_worker_serves_the_next(worker, name,
         worker(name, timeout=2.0)
     assert worker("add", 1) == 2
     assert worker.session.generation == generation + 1
+
+
+def test_a_crashed_worker_is_not_waited_for_again(worker):
+    """Its exit code, once collected (to say how it crashed), is not asked for again when the worker
+    is closed: the template answers at once for a pid it no longer has (each crashed call of a
+    submission once cost 0.5 s more, the wait's whole timeout)."""
+    from grader.worker import forks
+
+    worker("add", 0)
+    pid = worker.session.worker.pid
+    with pytest.raises(WorkerCrashed, match="exit code 3"):
+        worker("leave")
+    started = time.monotonic()
+    assert forks.template().exit_code(pid, timeout=60.0) is None
+    assert time.monotonic() - started < 10   # not the 60 s: nothing is waited for
 
 
 def test_every_call_runs_with_tf32_off_and_highest_precision(worker):

@@ -141,12 +141,14 @@ class Template:
         return pid
 
     def wait(self, pid: int, timeout: float) -> int | None:
+        """How `pid` ended, waiting up to `timeout` for it; None if it still runs, or if it is
+        not a live worker of this template (its exit code was already collected: no waiting)."""
         deadline = time.monotonic() + timeout
         while pid not in self.ended:
             self.reap()
             if pid in self.ended:
                 break
-            if time.monotonic() >= deadline:
+            if pid not in self.workers or time.monotonic() >= deadline:
                 return None
             time.sleep(0.01)
         return self.ended.pop(pid)
