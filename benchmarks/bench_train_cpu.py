@@ -48,6 +48,15 @@ def load_text() -> tuple[str, str]:
         "datasets/shakespeare.txt (NOT nanoGPT's file: figures not comparable)"
 
 
+def char_splits(text: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """The characters of `text` (the vocabulary) and its ids, int64, split 90/10 (nanoGPT's)."""
+    chars = sorted(set(text))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    data = torch.tensor([stoi[ch] for ch in text], dtype=torch.int64)
+    n = int(0.9 * len(data))
+    return chars, data[:n], data[n:]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
@@ -59,11 +68,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     text, source = load_text()
-    chars = sorted(set(text))
-    stoi = {ch: i for i, ch in enumerate(chars)}
-    data = torch.tensor([stoi[ch] for ch in text], dtype=torch.int64)
-    n = int(0.9 * len(data))
-    train_data, val_data = data[:n], data[n:]
+    chars, train_data, val_data = char_splits(text)
 
     torch.manual_seed(1337)
     model = GPT(len(chars), block_size=64, d_model=128, n_layers=4, n_heads=4, dropout=0.0)

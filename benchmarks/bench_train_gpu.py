@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "solutions"))
 
 import training  # noqa: E402  (the reference, from solutions/)
+from bench_train_cpu import char_splits  # noqa: E402  (this folder: run as a script)
 from transformer import GPT  # noqa: E402
 
 NANOGPT = {"val_loss": 1.4697, "seconds": 180.0}
@@ -59,11 +60,7 @@ def main() -> None:
     else:
         text = (ROOT / "datasets" / "shakespeare.txt").read_text(encoding="utf-8")
         source = "datasets/shakespeare.txt (NOT nanoGPT's file: figures not comparable)"
-    chars = sorted(set(text))
-    stoi = {ch: i for i, ch in enumerate(chars)}
-    data = torch.tensor([stoi[ch] for ch in text], dtype=torch.int64)
-    n = int(0.9 * len(data))
-    train_data, val_data = data[:n], data[n:]
+    chars, train_data, val_data = char_splits(text)
 
     torch.manual_seed(1337)
     torch.backends.cuda.matmul.allow_tf32 = True

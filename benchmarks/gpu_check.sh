@@ -67,7 +67,7 @@ if [[ $DRY == 1 ]]; then
     part doctor    "$LEVEL" "$PY" -m grader doctor
     part selfcheck "$STAGES" "$PY" -m grader selfcheck --stage embeddings --device cpu
     part corpus    "$BEHAVE" "$PY" -m grader.course.corpus --kind correct --stage embeddings --device cpu
-    part devices   "$PASSED" "$PY" -m pytest -q -p no:cacheprovider tests/test_checks.py -k "device or tolerance"
+    part devices   "$PASSED" "$PY" -m pytest -q -p no:cacheprovider -n 0 tests/test_checks.py -k "device or tolerance"
     part train     "usage" "$PY" benchmarks/bench_train_gpu.py --help
 else
     part doctor    "$LEVEL" "$PY" -m grader doctor

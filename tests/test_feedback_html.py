@@ -104,6 +104,7 @@ def graded_page(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("graded_page")   # one process grades the module's page once
 def test_grade_writes_the_html_page(graded_page):
     page_path, results = graded_page
     page = page_path.read_text(encoding="utf-8")
@@ -118,6 +119,7 @@ def _chromium():
 
 @pytest.mark.skipif(not _chromium(), reason="no headless Chromium here (Debian package `chromium`)")
 @pytest.mark.slow
+@pytest.mark.xdist_group("graded_page")
 def test_renders_in_headless_chromium(graded_page):
     page_path, results = graded_page
     run = subprocess.run([_chromium(), "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom",

@@ -60,6 +60,7 @@ def batch(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("batch")   # one process grades the module's batch once
 def test_every_submission_is_one_row(batch):
     subs, out, run = batch
     rows = {row["id"]: row for row in read_csv(out / "gradebook.csv")}
@@ -78,6 +79,7 @@ def test_every_submission_is_one_row(batch):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("batch")   # one process grades the module's batch once
 def test_rerun_skips_what_is_graded_unless_forced(batch):
     """Skipped only when the same content was graded by the same tests: a touched file is skipped,
     a resubmission (changed content) is graded again and the run says why."""
@@ -101,6 +103,7 @@ def test_rerun_skips_what_is_graded_unless_forced(batch):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("batch")   # one process grades the module's batch once
 def test_shards_merge_into_the_same_gradebook(batch, tmp_path):
     subs, out, _ = batch
     runs = [subprocess.Popen([sys.executable, "-m", "grader", "grade-all", str(subs), "--out",

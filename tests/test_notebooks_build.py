@@ -13,7 +13,7 @@ from grader.engine.results_json import stage_scores
 
 def test_committed_notebooks_match_their_skeletons_and_handouts():
     stale = notebook_build.drifted()
-    assert not stale, ("regenerate with `python -m grader.course.notebook_build --write`: "
+    assert not stale, ("regenerate with `llmgrade sync`: "
                        f"{[str(notebook_build.notebook_path(s)) for s in stale]}")
 
 

@@ -210,6 +210,7 @@ def python_in(venv: Path, *args, cwd: Path, timeout=300) -> subprocess.Completed
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+@pytest.mark.xdist_group("venv310")   # one process builds the module's venv once
 def test_every_module_imports_and_a_gradebook_merges_under_310(venv310, tmp_path):
     subs, graded = tmp_path / "subs", tmp_path / "graded"
     for name in ("ada", "eve"):
@@ -229,6 +230,7 @@ def test_every_module_imports_and_a_gradebook_merges_under_310(venv310, tmp_path
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+@pytest.mark.xdist_group("venv310")   # one process builds the module's venv once
 def test_the_tokenizer_stage_grades_under_310(venv310, tmp_path):
     standin = venv310 / "lib/python3.10/site-packages/torch"
     standin.mkdir()

@@ -9,7 +9,7 @@ from grader.course import skeleton, stages
 
 def test_committed_skeletons_match_their_references():
     stale = skeleton.drifted()
-    assert not stale, f"regenerate with `python -m grader.course.skeleton --write`: {[str(s.skeleton) for s in stale]}"
+    assert not stale, f"regenerate with `llmgrade sync`: {[str(s.skeleton) for s in stale]}"
 
 
 @pytest.mark.parametrize("stage", stages.discover(), ids=lambda s: s.name)

@@ -312,3 +312,66 @@ def test_a_worker_that_cannot_start_says_why(tmp_path):
         os.close(worker.output_fd)
     assert message.startswith("grader error: the worker could not start: FileNotFoundError"), message
     assert "missing" in message
+
+
+DAEMON_CHAIN = """
+import os, time
+
+def start(folder):
+    '''A setsid daemon D whose child W outlives it: D's pid then W's written to folder.'''
+    child = os.fork()
+    if child == 0:
+        os.setsid()
+        if os.fork():
+            os._exit(0)                      # D is orphaned: adopted by the template (subreaper)
+        if os.fork() == 0:
+            with open(os.path.join(folder, 'w'), 'w') as f:
+                f.write(str(os.getpid()))
+            time.sleep(120)                  # W
+            os._exit(0)
+        with open(os.path.join(folder, 'd'), 'w') as f:
+            f.write(str(os.getpid()))
+        time.sleep(120)                      # D
+        os._exit(0)
+    os.waitpid(child, 0)
+    deadline = time.monotonic() + 20
+    while not all(os.path.exists(os.path.join(folder, n)) for n in 'dw') and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [int(open(os.path.join(folder, n)).read()) for n in 'dw']
+"""
+
+
+def test_a_sweep_kills_what_a_killed_daemon_leaves_to_the_template(make_submission, session_for, monkeypatch, tmp_path):
+    """Between two submissions the template kills every process it adopted, and again what it
+    adopts as they die: a setsid daemon's child becomes the template's only once the daemon is
+    dead (one pass left it alive, free to rewrite results.json while the grading process waited
+    for its next submission: the hostile r06_daemon route at the user level, seen under load)."""
+    from grader.worker import forks, layers
+
+    monkeypatch.setenv(layers.OFF_VARIABLE, "uid,namespaces,cgroups,seccomp")   # orphans go to the template
+    folder = make_submission({"chain.py": DAEMON_CHAIN})
+    shared = tmp_path / "pids"
+    shared.mkdir(mode=0o777)
+    session = session_for(folder)
+    start = session.request({"op": "ref", "target": session.request({"op": "import", "module": "chain"}),
+                             "name": "start"})
+    daemon, writer = session.request({"op": "call", "target": start, "args": [str(shared)], "kwargs": {},
+                                      "backward": None})
+    try:
+        session.close()
+        forks.template().sweep([])
+        assert not _alive(daemon) and not _alive(writer), "the daemon's child outlived the sweep"
+    finally:
+        for pid in (daemon, writer):   # ours: started by this test's submission
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False

@@ -11,15 +11,13 @@ code (grader/engine/notebooks.py), so a notebook is graded exactly as a `.py` wo
 
 Built from the SKELETON, never from a solution; committed; a test fails on drift.
 
-    python -m grader.course.notebook_build          # report drift
-    python -m grader.course.notebook_build --write  # regenerate assignments/<stage>.ipynb
+`llmgrade sync` regenerates them (with the skeletons and README.md's stage table).
 """
 
 from __future__ import annotations
 
 import ast
 import re
-import sys
 from pathlib import Path
 
 import nbformat
@@ -140,12 +138,3 @@ def write_all(root=None) -> list[stages.Stage]:
     for stage in written:
         notebook_path(stage).write_text(expected_text(stage), encoding="utf-8")
     return written
-
-
-if __name__ == "__main__":
-    if "--write" in sys.argv:
-        print("\n".join(f"wrote {notebook_path(s)}" for s in write_all()) or "notebooks are up to date")
-    else:
-        stale = drifted()
-        print("\n".join(f"stale: {notebook_path(s)}" for s in stale) or "notebooks are up to date")
-        sys.exit(1 if stale else 0)

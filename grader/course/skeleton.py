@@ -11,14 +11,12 @@ and becomes, in the skeleton, `raise NotImplementedError` under a TODO line.
 constants that must stay importable). Everything outside the markers is copied
 as it is. The skeletons are committed; a test fails when they drift.
 
-    python -m grader.course.skeleton          # report drift
-    python -m grader.course.skeleton --write  # regenerate assignments/<stage>.py
+`llmgrade sync` regenerates them (with the notebooks and README.md's stage table).
 """
 
 from __future__ import annotations
 
 import re
-import sys
 
 from grader.course import stages
 
@@ -67,12 +65,3 @@ def write_all(root=None) -> list[stages.Stage]:
         stage.skeleton.write_text(make_skeleton(stage.solution.read_text(encoding="utf-8"),
                                                 str(stage.solution)), encoding="utf-8")
     return written
-
-
-if __name__ == "__main__":
-    if "--write" in sys.argv:
-        print("\n".join(f"wrote {s.skeleton}" for s in write_all()) or "skeletons are up to date")
-    else:
-        stale = drifted()
-        print("\n".join(f"stale: {s.skeleton}" for s in stale) or "skeletons are up to date")
-        sys.exit(1 if stale else 0)

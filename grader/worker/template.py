@@ -102,17 +102,29 @@ class Template:
     def shutdown(self, timeout: float = 2.0) -> None:
         """The grading process closed the socket (or is gone): nothing forked from here may outlive
         the template, whose orphans would go to init. Kill the workers and what it adopted, again
-        as their descendants are adopted in turn (a setsid daemon's parent dies), until no child
-        is left."""
+        as their descendants are adopted in turn, until no child is left."""
         self.workers |= self.children()
-        self.sweep(sorted(self.workers), wait=0.2)
-        deadline = time.monotonic() + timeout
-        while self.children() and time.monotonic() < deadline:
-            self.kill_strays()
-            self.reap()
-            time.sleep(0.01)
+        self.sweep(sorted(self.workers), wait=0.2, strays_timeout=timeout)
 
-    def sweep(self, pids: list[int], wait: float = 2.0) -> int:
+    def clear_strays(self, timeout: float) -> None:
+        """Kill every process it adopted, again as their own children are adopted in turn (a setsid
+        daemon's child becomes the template's only once the daemon is dead: one pass leaves it
+        alive, to rewrite a results file while the grading process waits for its next submission),
+        until none is left, dead or alive, or `timeout` has passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.reap()
+            strays = self.children() - self.workers
+            if not strays or time.monotonic() >= deadline:
+                return
+            for pid in strays:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            time.sleep(0.005)
+
+    def sweep(self, pids: list[int], wait: float = 2.0, strays_timeout: float = 2.0) -> int:
         """Between two submissions: none of its workers (`pids`) may be left, nor any orphan.
         Kill what is; returns how many of those workers were still alive."""
         left = sorted(self.workers & set(pids))
@@ -127,7 +139,7 @@ class Template:
                 pass
         for pid in left:
             self.wait(pid, wait)
-        self.kill_strays()
+        self.clear_strays(strays_timeout)
         return len(left)
 
     def fork(self, config: dict, fds: list[int]) -> int:
