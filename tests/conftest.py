@@ -50,3 +50,16 @@ def session_for(tmp_path):
     yield make
     for session in sessions:
         session.close()
+
+
+@pytest.hookimpl(trylast=True)   # after -m/-k have chosen: the fast lane keeps test_caught_by
+def pytest_collection_modifyitems(config, items):
+    """test_caught_by (tests/test_corpus.py) is the fast lane's stand-in for test_corpus_entry, whose
+    grading checks the entry's CAUGHT_BY test too: where both are selected (the whole suite), only
+    the full check runs."""
+    full = {item.callspec.id for item in items if getattr(item, "originalname", "") == "test_corpus_entry"}
+    redundant = [item for item in items
+                 if getattr(item, "originalname", "") == "test_caught_by" and item.callspec.id in full]
+    if redundant:
+        config.hook.pytest_deselected(items=redundant)
+        items[:] = [item for item in items if item not in redundant]

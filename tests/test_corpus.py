@@ -120,6 +120,34 @@ def test_a_bug_charged_outside_its_part_is_not_proved(monkeypatch, tmp_path):
     assert verdict.failing == [("test_ffn_gelu", True), ("test_block_forward", True)]
 
 
+def test_the_full_check_runs_and_checks_the_caught_by_test(monkeypatch, tmp_path):
+    """test_corpus_entry stands for test_caught_by in the whole suite (tests/conftest.py): its grading
+    goes on until the CAUGHT_BY test has run, which must fail naming the bug."""
+    entry_file = tmp_path / "loss.py"
+    entry_file.write_text('"""BUG: loss summed\nEXPECT: summed\nCAUGHT_BY: test_x.py::test_gpt_loss\n"""\n')
+    entry = corpus.Entry("x", "buggy", entry_file)
+    seen = []
+
+    def counting(failing):
+        fake = _fake_grade(failing)
+
+        def grade(path, options):
+            stop = options.stop_when
+            options.stop_when = lambda record: seen.append(record.function) or stop(record)
+            return fake(path, options)
+        return grade
+
+    monkeypatch.setattr(corpus, "grade", counting({"test_ffn_gelu": "summed", "test_gpt_loss": "the loss is summed"}))
+    assert corpus.judge(entry).ok
+    assert seen == ["test_ffn_gelu", "test_block_forward", "test_gpt_loss"]   # not stopped at the first catch
+    monkeypatch.setattr(corpus, "grade", _fake_grade({"test_ffn_gelu": "summed"}))
+    verdict = corpus.judge(entry)
+    assert not verdict.ok and "CAUGHT_BY test test_x.py::test_gpt_loss did not fail naming it" in verdict.detail
+    entry_file.write_text('"""BUG: loss summed\nEXPECT: summed\nCAUGHT_BY: test_x.py::test_gone\n"""\n')
+    verdict = corpus.judge(corpus.Entry("x", "buggy", entry_file))
+    assert not verdict.ok and "did not run (no such test?)" in verdict.detail
+
+
 def test_report_counts_failing_tests_and_how_many_name_the_bug(monkeypatch, tmp_path, capsys):
     buggy = tmp_path / "x" / "buggy"
     buggy.mkdir(parents=True)

@@ -87,21 +87,26 @@ class Verdict:
 def judge(entry: Entry, options: GradeOptions | None = None, *, full: bool = False) -> Verdict:
     """Grade one corpus entry with its stage's hidden tests and say whether it behaved.
 
-    A buggy entry stops at the first test that catches (and names) it, unless it
-    has a PART or `full` is set: then every test runs, and `failing` lists them.
+    A buggy entry stops once a test has caught (and named) it and its CAUGHT_BY test has
+    run, unless it has a PART or `full` is set: then every test runs, and `failing` lists
+    them. Its CAUGHT_BY test must be among those that catch and name it.
     """
     options = options or GradeOptions()
     options.stage_names = [entry.stage]
     expect = entry.expect
     records = []
     full = full or bool(entry.part)
+    caught_by = entry.caught_by.split("::")[-1].split("[")[0] if entry.kind == "buggy" and entry.caught_by else None
 
     def names_it(record) -> bool:
         return (not record.passed and not record.internal_error and entry.in_part(record.function)
                 and (expect is None or expect in "\n".join(record.feedback)))
 
-    if entry.kind == "buggy" and not full:   # a bug is proved once one test catches and names it
-        options.stop_when = lambda record: records.append(record) or names_it(record)
+    def proved() -> bool:   # a test caught and named it, and its CAUGHT_BY test has run
+        return any(names_it(r) for r in records) and (caught_by is None or any(r.function == caught_by for r in records))
+
+    if entry.kind == "buggy" and not full:
+        options.stop_when = lambda record: records.append(record) or proved()
     else:
         options.stop_when = lambda record: records.append(record) and False
     folder = scratch.mkdtemp("llmgrade-corpus-")
@@ -131,10 +136,14 @@ def judge(entry: Entry, options: GradeOptions | None = None, *, full: bool = Fal
         return Verdict(entry, score, maximum, ok, detail)
     named = expect is None or expect in feedback
     outside = sorted({f for f, _ in failing or () if not entry.in_part(f)})
-    ok = score < maximum and named and not outside
+    runs = [r for r in records if r.function == caught_by]
+    caught_by_ok = caught_by is None or any(names_it(r) for r in runs)
+    ok = score < maximum and named and not outside and caught_by_ok
     detail = ("caught" if score < maximum else "NOT caught: full marks") + (
         "" if named else f"; feedback does not name the mistake ({expect!r}):\n{feedback}") + (
-        f"; charged outside its PART ({' '.join(entry.part)}) by: {', '.join(outside)}" if outside else "")
+        f"; charged outside its PART ({' '.join(entry.part)}) by: {', '.join(outside)}" if outside else "") + (
+        "" if caught_by_ok else f"; its CAUGHT_BY test {entry.caught_by} "
+        f"{'did not run (no such test?)' if not runs else 'did not fail naming it'}")
     return Verdict(entry, score, maximum, ok, detail, failing, by_test, first)
 
 
