@@ -51,15 +51,15 @@ def test_a_clash_or_a_broken_file_is_named(tmp_path, clean_registry):
     assert "fixtures_c.py: NameError" in message and "fixtures_d.py: TypeError: it declares no FIXTURES" in message
 
 
-def test_a_stage_preload_is_imported_by_the_template_before_that_stage_s_first_worker(
+def test_a_stage_preload_is_imported_by_the_template_for_the_stages_it_grades(
         tmp_path, make_submission, session_for, monkeypatch):
-    """fixtures_<stage>.py's PRELOAD: the template imports those modules before it forks the
-    stage's first worker (which then has them without importing), and not for another stage."""
+    """fixtures_<stage>.py's PRELOAD: the template imports those modules at its start when its
+    grading process grades that stage (or says nothing), else before it forks the stage's first
+    worker, and never for a grading of other stages only."""
     from grader.worker import forks
 
     toy = write(tmp_path, "fixtures_toy.py", "FIXTURES = {}\nPRELOAD = ('tabnanny',)\n")
     monkeypatch.setattr(forks, "_fixture_files", lambda: [toy])
-    monkeypatch.setattr(forks, "_template", None)   # a template of this test's own, with this file
     folder = make_submission({"m.py": "import sys\n\ndef loaded(name):\n    return name in sys.modules\n"})
 
     def worker_has(stage: str) -> bool:
@@ -68,9 +68,20 @@ def test_a_stage_preload_is_imported_by_the_template_before_that_stage_s_first_w
                               "name": "loaded"})
         return session.request({"op": "call", "target": fn, "args": ["tabnanny"], "kwargs": {}, "backward": None})
 
+    def fresh_template(stages):   # a template of this test's own, with this fixture file
+        monkeypatch.setattr(forks, "_template", None)
+        forks.start_early(stages)
+
     try:
-        assert worker_has("other") is False   # another stage's worker: not imported for it
-        assert worker_has("toy") is True
-        assert worker_has("other") is True    # imported once, every later fork shares it
-    finally:
+        fresh_template(["other"])
+        assert worker_has("other") is False   # a grading of another stage: not imported
+        assert worker_has("toy") is True      # imported before the stage's first worker
+        assert worker_has("other") is True    # once, and every later fork shares it
         forks.running().close()
+        for stages in (["toy"], None):        # a grading of that stage, or of any: at the start
+            fresh_template(stages)
+            assert worker_has("other") is True
+            forks.running().close()
+    finally:
+        if forks.running():
+            forks.running().close()

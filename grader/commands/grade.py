@@ -35,7 +35,7 @@ def command(submission: Path, stage_names: tuple[str, ...], out: Path, device: s
     Example: llmgrade grade submissions/ada.zip --stage bigram --out ada.json --html ada.html
     """
     from grader.worker import forks
-    forks.start_early()   # the template imports torch on another core while this process does
+    forks.start_early(stage_names)   # the template imports torch on another core while this process does
     from grader.workflows.feedback_html import render
     from grader.engine.grade import GradeOptions, grade
     from grader.engine.results_json import ResultsNotWritten, write

@@ -59,7 +59,7 @@ def grade(path: Path, options: GradeOptions | None = None) -> dict:
     layers.protect_grading_process()
     iso = layers.isolation(options.isolation)
     if not (options.in_process or options.debug):
-        forks.start_early()   # if the command has not: its imports run on another core meanwhile
+        forks.start_early(options.stage_names)   # if the command has not: its imports run meanwhile
     protected = _protect(iso, options.protect_paths) if not options.in_process else []
     chosen = stages.select(options.stage_names)
     all_modules = [s.name for s in stages.discover()]

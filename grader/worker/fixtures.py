@@ -67,9 +67,14 @@ def load(paths: list[str]) -> None:
             _LOADED[path] = f"{type(exc).__name__}: {exc}"
 
 
-def preloads(stage: str) -> tuple[str, ...]:
-    """The modules the stage's fixture file asks the template to import before its first worker."""
-    return _PRELOADS.get(stage, ())
+def preloads(*stage_names: str) -> list[str]:
+    """The modules these stages' fixture files ask the template to import before their first worker."""
+    return list(dict.fromkeys(name for stage in stage_names for name in _PRELOADS.get(stage, ())))
+
+
+def stages() -> list[str]:
+    """The stages whose fixture files are loaded."""
+    return list(_PRELOADS)
 
 
 def build(name: str, args: list, kwargs: dict, *, load_missing: bool = True) -> Any:

@@ -53,7 +53,7 @@ class Template:
             if request["op"] == "fork":
                 fixtures.load(request.get("fixture_files") or [])   # once each: every later fork has them
                 for name in fixtures.preloads(request.get("stage", "")):
-                    if name not in sys.modules:
+                    if name not in sys.modules:   # a stage it was not told of at the start
                         preload(name)
                 self.reply({"pid": self.fork(request["config"], fds)})
             elif request["op"] == "wait":
@@ -171,7 +171,8 @@ class Template:
 # here once, it is shared by every fork instead of paid by each; imported while no request waits
 # (after the first fork), it stays off a cold grading's start. A stage whose workers need another
 # (training's optimizers: torch._dynamo, 0.6-1.1 s) names it in its fixture file's PRELOAD: it is
-# imported before that stage's first fork, and never by a grading without that stage.
+# imported at the start when the grading process says it grades that stage (or any), else before
+# that stage's first fork, and never by a grading without that stage.
 PRELOAD = ("torch.fx.experimental.symbolic_shapes",)
 
 
@@ -191,9 +192,12 @@ def main() -> None:
     libc.prctl(libc.PR_SET_DUMPABLE, 0)
     libc.prctl(libc.PR_SET_CHILD_SUBREAPER, 1)
     fixture_files = json.loads(sys.stdin.readline() or "[]")   # the line after grader's path
+    stages = json.loads(sys.stdin.readline() or "null")        # those it will fork for (null: any)
     sys.stdin = open(os.devnull)
     control = socket.socket(fileno=int(sys.argv[1]))
     fixtures.load(fixture_files)   # GPT-2's ranks, the training models: shared by every fork
+    for name in fixtures.preloads(*(stages if stages is not None else fixtures.stages())):
+        preload(name)
     # Every fork shares the template's pages until it writes to them. The cyclic collector
     # writes to the header of every object it visits, so a worker's first collection would
     # copy the pages of torch's whole Python heap (tens of MB per worker); frozen objects are
