@@ -393,8 +393,8 @@ def test_worker_groups_nest_in_the_graders_own_cgroup(make_submission, tmp_path)
 
 def test_stale_worker_groups_go_only_when_their_owner_is_gone():
     """A grading killed outright leaves its workers' empty groups; the next worker of the same uid
-    (its lease held, so no live grading owns them) and any process removes the ones of dead
-    owners, never a group a live grading may have just made."""
+    (its lease held, so no live grading owns them) and any worker removes the ones whose grading
+    process has ended, never a group a live grading may have just made."""
     from grader.worker import cgroups
 
     if not layers.isolation().cgroups:
@@ -405,16 +405,18 @@ def test_stale_worker_groups_go_only_when_their_owner_is_gone():
     dead = _a_dead_pid()
     names = {"ours": cgroups.group_name(lease.uid, 1), "old_ours": f"worker-{lease.uid}-2",
              "other_uid": f"worker-u{other_uid}-3", "dead_pid": f"worker-p{dead}-4",
-             "live_pid": cgroups.group_name(None, 5)}
+             "live_pid": cgroups.group_name(None, 5),
+             "other_uid_dead_grading": f"worker-u{other_uid}-g{dead}-6",
+             "other_uid_live_grading": f"worker-u{other_uid}-g{os.getpid()}-7"}
     parents = cgroups._parents(cgroups.version())
     try:
         for parent in parents:
             parent.mkdir(exist_ok=True)
             for name in names.values():
                 (parent / name).mkdir()
-        assert cgroups.remove_stale(lease.uid, pool) == 3 * len(parents)
+        assert cgroups.remove_stale(lease.uid, pool) == 4 * len(parents)
         left = {key for key, name in names.items() if all((p / name).is_dir() for p in parents)}
-        assert left == {"other_uid", "live_pid"}
+        assert left == {"other_uid", "live_pid", "other_uid_live_grading"}
     finally:
         lease.release()
         for parent in parents:

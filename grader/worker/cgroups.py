@@ -21,7 +21,7 @@ ROOT = Path("/sys/fs/cgroup")
 GROUP = "llmgrade"
 # worker-u<uid>-<serial> (a uid of the pool), worker-p<pid>-<serial> (no uid layer); before
 # 2026-12: worker-<uid or pid>-<serial>.
-_NAME = re.compile(r"^worker-(u|p)?(\d+)-\d+$")
+_NAME = re.compile(r"^worker-(u|p)?(\d+)(?:-g(\d+))?-\d+$")
 
 
 @dataclass
@@ -170,16 +170,17 @@ def usable() -> str:
 
 
 def group_name(uid: int | None, serial: int) -> str:
-    """The name of a worker's group: its owner (the uid it runs as, else the grading process)."""
-    return f"worker-u{uid}-{serial}" if uid is not None else f"worker-p{os.getpid()}-{serial}"
+    """The name of a worker's group: its owner (the uid it runs as, and the grading process; else
+    the grading process)."""
+    return f"worker-u{uid}-g{os.getpid()}-{serial}" if uid is not None else f"worker-p{os.getpid()}-{serial}"
 
 
 def remove_stale(uid: int | None, pool: range = range(0)) -> int:
     """Remove the groups that gradings killed outright left behind (their `WorkerGroup.remove`
     never ran); returns how many. A group goes only when its owner is gone: named for `uid`,
-    whose lease the caller holds (so no live grading can own it), or for a process that has
-    ended. Removing an empty group that a live grading has just made would break its worker's
-    join. The kernel refuses to remove a group with processes in it: those stay."""
+    whose lease the caller holds (so no live grading can own it), or for a grading process that
+    has ended. Removing an empty group that a live grading has just made would break its
+    worker's join. The kernel refuses to remove a group with processes in it: those stay."""
     v = version()
     if not v:
         return 0
@@ -194,7 +195,8 @@ def remove_stale(uid: int | None, pool: range = range(0)) -> int:
             if not match:
                 continue
             kind, number = match[1] or ("u" if int(match[2]) in pool else "p"), int(match[2])
-            gone = number == uid if kind == "u" else not Path(f"/proc/{number}").exists()
+            grading = int(match[3]) if match[3] else (number if kind == "p" else None)
+            gone = (kind == "u" and number == uid) or (grading is not None and not Path(f"/proc/{grading}").exists())
             if gone:
                 try:
                     os.rmdir(parent / name)
