@@ -96,7 +96,7 @@ def judge(entry: Entry, options: GradeOptions | None = None, *, full: bool = Fal
     expect = entry.expect
     records = []
     full = full or bool(entry.part)
-    caught_by = entry.caught_by.split("::")[-1].split("[")[0] if entry.kind == "buggy" and entry.caught_by else None
+    caught_by = entry.caught_by_test if entry.kind == "buggy" else None
 
     def names_it(record) -> bool:
         return (not record.passed and not record.internal_error and entry.in_part(record.function)

@@ -81,6 +81,11 @@ class Entry:
         return self._line(_CAUGHT_BY)
 
     @property
+    def caught_by_test(self) -> str | None:
+        """The test function CAUGHT_BY names (`test_nll_hand` of `test_bigram.py::test_nll_hand[cpu]`)."""
+        return self.caught_by.split("::")[-1].split("[")[0] if self.caught_by else None
+
+    @property
     def loses(self) -> set[str]:
         """Test functions a correct entry must fail by a course rule (`LOSES: <test file>::<test>`)."""
         words = (self._line(_LOSES) or "").replace(",", " ").split() if self.kind == "correct" else []

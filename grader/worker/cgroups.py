@@ -19,8 +19,8 @@ from pathlib import Path
 
 ROOT = Path("/sys/fs/cgroup")
 GROUP = "llmgrade"
-# worker-u<uid>-<serial> (a uid of the pool), worker-p<pid>-<serial> (no uid layer); before
-# 2026-12: worker-<uid or pid>-<serial>.
+# worker-u<uid>-g<grading pid>-<serial> (a uid of the pool), worker-p<grading pid>-<serial> (no
+# uid layer); before: worker-u<uid>-<serial>, and before 2026-12 worker-<uid or pid>-<serial>.
 _NAME = re.compile(r"^worker-(u|p)?(\d+)(?:-g(\d+))?-\d+$")
 
 
@@ -61,7 +61,7 @@ class WorkerGroup:
     def remove(self, timeout: float = 1.0) -> None:
         """Remove the group's folders. Right after its last process was killed the kernel may
         still count it (EBUSY while the exiting task is charged to the pids controller): retry
-        briefly; a folder that stays is removed by the next worker of the same uid (remove_stale)."""
+        briefly; a folder that stays is removed by a later worker (remove_stale)."""
         deadline = time.monotonic() + timeout
         for folder in self.folders:
             while True:

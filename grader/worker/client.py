@@ -164,7 +164,6 @@ class WorkerProcess:
 
     def _death(self) -> str:
         code = self.template.exit_code(self.pid)
-        self.reaped = code is not None
         self.kill()
         if code is None:
             return "stopped answering"
@@ -232,8 +231,8 @@ class WorkerProcess:
             if fd >= 0:
                 os.close(fd)
         self.output_fd = -1
-        if self.pid and not getattr(self, "reaped", False) and self.template.alive():
-            self.template.exit_code(self.pid, timeout=0.5)  # reap it (_death may have)
+        if self.pid and self.template.alive():
+            self.template.exit_code(self.pid, timeout=0.5)  # reap it (if _death has, answered at once)
         if self.lease is not None:
             if not identity.kill_all(self.lease.uid):
                 raise WorkerFailure(f"processes of worker uid {self.lease.uid} survived SIGKILL")

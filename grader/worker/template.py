@@ -47,14 +47,12 @@ class Template:
             if not message:
                 self.shutdown()
                 return
-            self.reap()
             self.kill_strays()
             request = json.loads(message)
             if request["op"] == "fork":
                 fixtures.load(request.get("fixture_files") or [])   # once each: every later fork has them
-                for name in fixtures.preloads(request.get("stage", "")):
-                    if name not in sys.modules:   # a stage it was not told of at the start
-                        preload(name)
+                for name in fixtures.preloads(request.get("stage", "")):   # a stage not named at the start
+                    preload(name)
                 self.reply({"pid": self.fork(request["config"], fds)})
             elif request["op"] == "wait":
                 self.reply({"code": self.wait(request["pid"], request["timeout"])})
@@ -76,13 +74,26 @@ class Template:
             self.ended[pid] = os.waitstatus_to_exitcode(status)
             self.workers.discard(pid)
 
-    def kill_strays(self) -> None:
-        """SIGKILL every child that is not a worker: orphans of workers, adopted as subreaper."""
-        for pid in self.children() - self.workers:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+    def kill_strays(self, timeout: float = 0.0) -> None:
+        """SIGKILL every child that is not a worker (orphans of workers, adopted as subreaper). With
+        a `timeout`, again as their own children are adopted in turn (a setsid daemon's child
+        becomes the template's only once the daemon is dead: one pass leaves it alive, to rewrite
+        a results file while the grading process waits for its next submission), until none is
+        left, dead or alive, or the timeout has passed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.reap()
+            strays = self.children() - self.workers
+            if not strays:
+                return
+            for pid in strays:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.005)
 
     def children(self) -> set[int]:
         """Its live children, from /proc: the workers and whatever it adopted."""
@@ -106,24 +117,6 @@ class Template:
         self.workers |= self.children()
         self.sweep(sorted(self.workers), wait=0.2, strays_timeout=timeout)
 
-    def clear_strays(self, timeout: float) -> None:
-        """Kill every process it adopted, again as their own children are adopted in turn (a setsid
-        daemon's child becomes the template's only once the daemon is dead: one pass leaves it
-        alive, to rewrite a results file while the grading process waits for its next submission),
-        until none is left, dead or alive, or `timeout` has passed."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self.reap()
-            strays = self.children() - self.workers
-            if not strays or time.monotonic() >= deadline:
-                return
-            for pid in strays:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-            time.sleep(0.005)
-
     def sweep(self, pids: list[int], wait: float = 2.0, strays_timeout: float = 2.0) -> int:
         """Between two submissions: none of its workers (`pids`) may be left, nor any orphan.
         Kill what is; returns how many of those workers were still alive."""
@@ -139,7 +132,7 @@ class Template:
                 pass
         for pid in left:
             self.wait(pid, wait)
-        self.clear_strays(strays_timeout)
+        self.kill_strays(strays_timeout)
         return len(left)
 
     def fork(self, config: dict, fds: list[int]) -> int:
@@ -177,6 +170,8 @@ PRELOAD = ("torch.fx.experimental.symbolic_shapes",)
 
 
 def preload(name: str) -> None:
+    if name in sys.modules:
+        return
     try:
         importlib.import_module(name)
     except Exception:  # noqa: BLE001 -- an older torch without it: the worker imports what it needs
