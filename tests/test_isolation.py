@@ -414,7 +414,8 @@ def test_stale_worker_groups_go_only_when_their_owner_is_gone():
             parent.mkdir(exist_ok=True)
             for name in names.values():
                 (parent / name).mkdir()
-        assert cgroups.remove_stale(lease.uid, pool) == 4 * len(parents)
+        # At least ours: a grading of the other xdist process may have left stale groups too.
+        assert cgroups.remove_stale(lease.uid, pool) >= 4 * len(parents)
         left = {key for key, name in names.items() if all((p / name).is_dir() for p in parents)}
         assert left == {"other_uid", "live_pid", "other_uid_live_grading"}
     finally:
