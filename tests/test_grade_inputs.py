@@ -17,6 +17,7 @@ from grader.course import corpus
 from grader.course.stages import project_root
 from grader.engine import results_json
 from grader.engine.grade import GradeOptions, grade
+from procs import HANGING_BUILD_VOCAB
 
 REFERENCE = (project_root() / "solutions" / "bigram.py").read_text()
 FAST = GradeOptions(stage_names=["bigram"], device="cpu", call_timeout=3.0)
@@ -117,7 +118,7 @@ def test_wrong_signature(make_submission):
 def test_hostile_submission_costs_only_the_tests_that_call_it(make_submission):
     source = REFERENCE
     source = replace_function(source, "sample", "def sample(probs, itos, n, generator, max_len=50):\n"
-                                                "    while True:\n        pass\n")
+                                                "    import time\n    time.sleep(3600)\n")
     source = replace_function(source, "nll", "def nll(probs, words, stoi):\n"
                                              "    import os\n    os._exit(1)\n")
     source = replace_function(source, "bigram_probs", "def bigram_probs(counts, smoothing=1.0):\n"
@@ -367,7 +368,7 @@ def test_an_import_that_hangs_is_tried_once(make_submission):
     import time
 
     started = time.monotonic()
-    results = graded(make_submission({"bigram.py": "while True:\n    pass\n"}))
+    results = graded(make_submission({"bigram.py": "import time\n\ntime.sleep(3600)\n"}))
     elapsed = time.monotonic() - started
     outputs = list(failures(results).values())
     assert len(outputs) == len(results["tests"]) > 10 and results["score"] == 0
@@ -402,10 +403,10 @@ def test_a_time_budget_stops_starting_tests_and_still_writes_results(make_submis
     the ones not started say why, and the gradebook's error column counts them."""
     from grader.workflows import gradebook
 
-    spinning = replace_function(REFERENCE, "build_vocab", "def build_vocab(words):\n    while True:\n        pass\n")
+    hanging = replace_function(REFERENCE, "build_vocab", HANGING_BUILD_VOCAB)
     out = tmp_path / "sid" / "results.json"
-    run = subprocess.run([sys.executable, "-m", "grader", "grade", str(make_submission({"bigram.py": spinning})),
-                          "--stage", "bigram", "--device", "cpu", "--timeout", "12", "--time-budget", "10",
+    run = subprocess.run([sys.executable, "-m", "grader", "grade", str(make_submission({"bigram.py": hanging})),
+                          "--stage", "bigram", "--device", "cpu", "--timeout", "10", "--time-budget", "10",
                           "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     results = json.loads(out.read_text())
@@ -421,7 +422,7 @@ def test_a_time_budget_stops_starting_tests_and_still_writes_results(make_submis
 def test_the_backstop_timeout_says_so(make_submission):
     """A test that outlives pytest-timeout's backstop (its calls have a longer limit) is stopped
     and told so; it once read "check failed: assert terminalreporter is not None"."""
-    looping = make_submission({"bigram.py": "def build_vocab(words):\n    while True:\n        pass\n"})
+    looping = make_submission({"bigram.py": HANGING_BUILD_VOCAB})
     options = GradeOptions(stage_names=["bigram"], device="cpu", call_timeout=60.0, test_timeout=3.0,
                            only_tests=["test_bigram.py::test_vocab_hand"])
     [test] = graded(looping, options)["tests"]

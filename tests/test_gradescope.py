@@ -21,6 +21,7 @@ import pytest
 from grader.course import corpus
 from grader.course.stages import project_root
 from grader.engine.results_json import stage_scores, validate
+from procs import HANGING_BUILD_VOCAB
 
 ROOT = project_root()
 BROKEN_BIGRAM = corpus.module_text("bigram", "no_end_token")   # the end-of-word token is never counted
@@ -106,12 +107,11 @@ def test_run_autograder_grades_a_reference_and_a_broken_submission(autograder_zi
 
 @pytest.mark.slow
 def test_run_autograder_keeps_to_its_time_budget(autograder_zip, tmp_path):
-    """A submission whose every call spins: no test starts after the budget, a grading that still
+    """A submission whose every call hangs: no test starts after the budget, a grading that still
     runs at budget + 90 s is stopped, and either way the results are written, saying so."""
     unpack(autograder_zip, tmp_path)
     (tmp_path / "submission").mkdir()
-    (tmp_path / "submission" / "bigram.py").write_text(
-        "def build_vocab(words):\n    while True:\n        pass\n")
+    (tmp_path / "submission" / "bigram.py").write_text(HANGING_BUILD_VOCAB)
     started = time.monotonic()
     results = run_autograder(tmp_path, LLMGRADE_TIME_BUDGET="10")
     assert time.monotonic() - started < 10 + 90 + 60

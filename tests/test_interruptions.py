@@ -18,10 +18,9 @@ import pytest
 
 from grader import scratch
 from grader.course.stages import project_root
-from procs import alive, descendants, stop
+from procs import HANGING_BUILD_VOCAB, alive, descendants, stop
 
 ROOT = project_root()
-LOOPING_BIGRAM = "def build_vocab(words):\n    while True:\n        pass\n"
 
 
 def _roots_of(pid: int) -> list[Path]:
@@ -51,7 +50,7 @@ def test_a_process_removes_its_root_when_it_exits(tmp_path):
 
 def _grade(tmp_path: Path) -> tuple[subprocess.Popen, Path]:
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "bigram.py").write_text(LOOPING_BIGRAM)
+    (tmp_path / "sub" / "bigram.py").write_text(HANGING_BUILD_VOCAB)
     out = tmp_path / "out" / "results.json"
     process = subprocess.Popen([sys.executable, "-m", "grader", "grade", str(tmp_path / "sub"), "--out", str(out),
                                 "--stage", "bigram", "--device", "cpu", "--timeout", "600"],

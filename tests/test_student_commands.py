@@ -1,8 +1,10 @@
 """`llmgrade check` and `llmgrade submit`, end to end from the command line, on the bigram stage.
 
-Each test runs `python -m grader ...` in a fresh folder, the way a student does
-in their working copy: a correct one, a broken one (syntax error), a notebook
-one, one with stages missing.
+Each test runs the command line in a fresh folder, the way a student does in their
+working copy: a correct one, a broken one (syntax error), a notebook one, one with
+stages missing. The exit-code tests start `python -m grader ...` as a student does; the
+others call the same entry point in this process (a fresh interpreter costs two torch
+imports, its own and its worker template's, about 3 s of CPU a call).
 """
 
 import os
@@ -27,9 +29,10 @@ def llmgrade(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def llmgrade_here(*args: str, cwd: Path, capsys, monkeypatch) -> subprocess.CompletedProcess:
-    """The same entry point in this process (for quick cases that never reach a worker or pytest)."""
+    """The same entry point in this process: its output (capsys) and exit code, no interpreter start."""
     from grader.cli import main
     monkeypatch.chdir(cwd)
+    monkeypatch.delenv("LLMGRADE_DEBUG", raising=False)
     monkeypatch.setattr(sys, "argv", ["llmgrade", *args])
     capsys.readouterr()
     try:
@@ -39,6 +42,12 @@ def llmgrade_here(*args: str, cwd: Path, capsys, monkeypatch) -> subprocess.Comp
         code = exc.code if isinstance(exc.code, int) else 0
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+
+@pytest.fixture
+def here(capsys, monkeypatch):
+    """llmgrade_here without repeating its fixtures: here("check", "bigram", cwd=folder)."""
+    return lambda *args, cwd: llmgrade_here(*args, cwd=cwd, capsys=capsys, monkeypatch=monkeypatch)
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -102,9 +111,9 @@ def test_check_a_broken_stage_says_why_once_and_exits_1(broken):
 
 
 @pytest.mark.slow
-def test_check_the_skeleton_lists_each_failure_in_a_line_or_two(tmp_path):
+def test_check_the_skeleton_lists_each_failure_in_a_line_or_two(tmp_path, here):
     (tmp_path / "bigram.py").write_text(BIGRAM.skeleton.read_text())
-    result = llmgrade("check", "bigram", "--device", "cpu", cwd=tmp_path)
+    result = here("check", "bigram", "--device", "cpu", cwd=tmp_path)
     assert result.returncode == 1
     failures = [line for line in result.stdout.splitlines() if line.startswith("✗ bigram: ")]
     assert len(failures) == 11
@@ -112,8 +121,8 @@ def test_check_the_skeleton_lists_each_failure_in_a_line_or_two(tmp_path):
 
 
 @pytest.mark.slow
-def test_check_grades_a_notebook(notebook):
-    result = llmgrade("check", "bigram", "--device", "cpu", cwd=notebook)
+def test_check_grades_a_notebook(notebook, here):
+    result = here("check", "bigram", "--device", "cpu", cwd=notebook)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "11 / 11" in result.stdout and "bigram.ipynb: graded its exported cells" in result.stdout
 
@@ -127,9 +136,9 @@ def test_check_bad_arguments_are_one_line(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.slow
-def test_submit_packs_only_what_is_graded_and_warns_about_missing_stages(correct, tmp_path):
+def test_submit_packs_only_what_is_graded_and_warns_about_missing_stages(correct, tmp_path, here):
     out = tmp_path / "out" / "submission.zip"
-    result = llmgrade("submit", "--out", str(out), cwd=correct)
+    result = here("submit", "--out", str(out), cwd=correct)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "missing stages" in result.stdout and "tokenizer" in result.stdout and "training" in result.stdout
     with zipfile.ZipFile(out) as zf:
@@ -138,20 +147,20 @@ def test_submit_packs_only_what_is_graded_and_warns_about_missing_stages(correct
 
 
 @pytest.mark.slow
-def test_submit_refuses_broken_modules_and_writes_nothing(broken):
-    result = llmgrade("submit", cwd=broken)
+def test_submit_refuses_broken_modules_and_writes_nothing(broken, here):
+    result = here("submit", cwd=broken)
     assert result.returncode == 1
     assert "bigram.py, line 4: syntax error" in result.stdout
     assert "importing sampling.py raised ModuleNotFoundError" in result.stdout and "helpers_gone" in result.stdout
     assert "nothing was written" in one_line_error(result)
     assert not (broken / "submission.zip").exists()
-    forced = llmgrade("submit", "--force", cwd=broken)
+    forced = here("submit", "--force", cwd=broken)
     assert forced.returncode == 0 and (broken / "submission.zip").exists()
 
 
 @pytest.mark.slow
-def test_submit_packs_a_notebook(notebook, tmp_path):
-    result = llmgrade("submit", "--path", str(notebook), "--out", str(tmp_path / "nb.zip"), cwd=tmp_path)
+def test_submit_packs_a_notebook(notebook, tmp_path, here):
+    result = here("submit", "--path", str(notebook), "--out", str(tmp_path / "nb.zip"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     with zipfile.ZipFile(tmp_path / "nb.zip") as zf:
         assert zf.namelist() == ["bigram.ipynb"]
@@ -173,7 +182,7 @@ def test_submit_bad_arguments_are_one_line(tmp_path, correct, capsys, monkeypatc
 
 
 @pytest.mark.slow
-def test_submit_from_the_bundle_root_finds_assignments_and_flags_untouched_skeletons(tmp_path):
+def test_submit_from_the_bundle_root_finds_assignments_and_flags_untouched_skeletons(tmp_path, here):
     """Run where `check` works (the bundle's root), submit packs `assignments/`; a skeleton that was
     never edited is "not started", a half-done one says how many functions are left, never "ok"."""
     work = tmp_path / "assignments"
@@ -182,7 +191,7 @@ def test_submit_from_the_bundle_root_finds_assignments_and_flags_untouched_skele
     (work / "bigram.py").write_text(skeleton)
     sampling = (ROOT / "assignments" / "sampling.py").read_text()   # apply_temperature is done, the rest not
     (work / "sampling.py").write_text(sampling.replace("raise NotImplementedError", "return logits / temperature", 1))
-    result = llmgrade("submit", "--out", str(tmp_path / "s.zip"), cwd=tmp_path)
+    result = here("submit", "--out", str(tmp_path / "s.zip"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"your stage modules are in {work.name}" in result.stdout
     assert "not started" in result.stdout and "functions left" in result.stdout

@@ -32,10 +32,10 @@ def pairs(words, stoi, start=True, end=True):
 
 
 def counts_from(pair_list, V):
-    N = torch.zeros((V, V), dtype=torch.int64)
-    for i, j in pair_list:
-        N[i, j] += 1
-    return N
+    """(V, V) int64: N[i, j] = how many times (i, j) occurs in pair_list (one bincount: a Python
+    loop of N[i, j] += 1 took 0.8 s over the names dataset, per mistake tried)."""
+    flat = torch.tensor([i * V + j for i, j in pair_list], dtype=torch.int64)
+    return torch.bincount(flat, minlength=V * V).view(V, V)
 
 
 def counts_mistakes(words, stoi):
