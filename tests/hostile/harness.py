@@ -456,9 +456,7 @@ def run_level(level: str, root: Path) -> LevelRun:
             thread.join()
         for i in killer:
             grade(i, run.batches[i])
-        # A writer that outlived the batch forges results.json every 0.5 s (from 0.5 s after its
-        # daemon started, during the batch): by now it has, and it is still there to be found.
-        time.sleep(1.5)
+        time.sleep(4)   # a daemon that outlived the batch would rewrite its results.json by now
         for i, net in enumerate(nets):
             found = {pid: name for pid, name in pool_processes().items() if pid not in pool_before and
                      (pid in cgroup_pids(net) or (i == 0 and name.startswith("hx-")))}
