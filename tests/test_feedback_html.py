@@ -4,7 +4,6 @@ import html
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -95,11 +94,14 @@ def graded_page(tmp_path_factory):
     submission = folder / "carl"
     submission.mkdir()
     (submission / "bigram.py").write_text(corpus.module_text("bigram", "nll_sum"))
-    run = subprocess.run([sys.executable, "-m", "grader", "grade", str(submission), "--stage", "bigram",
-                          "--device", "cpu", "--out", str(folder / "out/results.json"),
-                          "--html", str(folder / "out/feedback.html")],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
+    from click.testing import CliRunner
+
+    from grader.cli import cli
+
+    run = CliRunner().invoke(cli, ["grade", str(submission), "--stage", "bigram", "--device", "cpu",
+                                   "--out", str(folder / "out/results.json"),
+                                   "--html", str(folder / "out/feedback.html")])   # in this process
+    assert run.exit_code == 0, run.output
     return folder / "out/feedback.html", json.loads((folder / "out/results.json").read_text())
 
 
