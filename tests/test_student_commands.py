@@ -28,26 +28,25 @@ def llmgrade(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-def llmgrade_here(*args: str, cwd: Path, capsys, monkeypatch) -> subprocess.CompletedProcess:
-    """The same entry point in this process: its output (capsys) and exit code, no interpreter start."""
-    from grader.cli import main
-    monkeypatch.chdir(cwd)
-    monkeypatch.delenv("LLMGRADE_DEBUG", raising=False)
-    monkeypatch.setattr(sys, "argv", ["llmgrade", *args])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 0
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(args, code, captured.out, captured.err)
-
-
 @pytest.fixture
 def here(capsys, monkeypatch):
-    """llmgrade_here without repeating its fixtures: here("check", "bigram", cwd=folder)."""
-    return lambda *args, cwd: llmgrade_here(*args, cwd=cwd, capsys=capsys, monkeypatch=monkeypatch)
+    """The same entry point in this process: here("check", "bigram", cwd=folder) gives its exit
+    code and output (capsys) without an interpreter's start."""
+    from grader.cli import main
+
+    def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+        monkeypatch.chdir(cwd)
+        monkeypatch.delenv("LLMGRADE_DEBUG", raising=False)
+        monkeypatch.setattr(sys, "argv", ["llmgrade", *args])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+    return run
 
 
 def one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -127,9 +126,9 @@ def test_check_grades_a_notebook(notebook, here):
     assert "11 / 11" in result.stdout and "bigram.ipynb: graded its exported cells" in result.stdout
 
 
-def test_check_bad_arguments_are_one_line(tmp_path, capsys, monkeypatch):
+def test_check_bad_arguments_are_one_line(tmp_path, here):
     def run(*args):
-        return llmgrade_here(*args, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+        return here(*args, cwd=tmp_path)
     assert "unknown stage 'bigrams'" in one_line_error(run("check", "bigrams"))
     assert "no stage module" in one_line_error(run("check"))
     assert "'nowhere' does not exist" in one_line_error(run("check", "--path", "nowhere"))
@@ -166,15 +165,14 @@ def test_submit_packs_a_notebook(notebook, tmp_path, here):
         assert zf.namelist() == ["bigram.ipynb"]
 
 
-def test_submit_refuses_an_invalid_notebook(tmp_path, capsys, monkeypatch):
+def test_submit_refuses_an_invalid_notebook(tmp_path, here):
     (tmp_path / "bigram.ipynb").write_text('{"cells": [')
-    result = llmgrade_here("submit", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    result = here("submit", cwd=tmp_path)
     assert result.returncode == 1 and "bigram.ipynb is not a valid Jupyter notebook" in result.stdout
 
 
-def test_submit_bad_arguments_are_one_line(tmp_path, correct, capsys, monkeypatch):
-    def run(*args, cwd):
-        return llmgrade_here(*args, cwd=cwd, capsys=capsys, monkeypatch=monkeypatch)
+def test_submit_bad_arguments_are_one_line(tmp_path, correct, here):
+    run = here
     assert "does not end in .zip" in one_line_error(run("submit", "--out", "x.txt", cwd=correct))
     (tmp_path / "empty").mkdir()
     assert "no stage module" in one_line_error(run("submit", cwd=tmp_path / "empty"))
@@ -201,8 +199,8 @@ def test_submit_from_the_bundle_root_finds_assignments_and_flags_untouched_skele
 
 
 @pytest.mark.parametrize("name", ["check", "submit"])
-def test_help_shows_an_example(name, tmp_path, capsys, monkeypatch):
-    result = llmgrade_here(name, "--help", cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+def test_help_shows_an_example(name, tmp_path, here):
+    result = here(name, "--help", cwd=tmp_path)
     assert result.returncode == 0 and f"Example: llmgrade {name} " in result.stdout
 
 
